@@ -1,0 +1,74 @@
+"""`cxrssl <command> [hydra overrides]`: one console script, one Hydra app per command.
+
+Each command keeps Hydra's whole CLI (overrides, -m, --cfg, --info, --help, shell completion)
+because we hand the remaining argv to a real `hydra.main` with `conf/<command>.yaml` as primary
+config. Only the dispatch happens here; heavy imports wait until a command runs.
+"""
+from __future__ import annotations
+
+import sys
+from importlib import import_module
+from pathlib import Path
+
+COMMANDS = {
+    "pretrain": "self-supervised pretraining on a pretext task (pretext=age|sex|recon)",
+    "finetune": "fine-tune a pretrained encoder to detect cardiomegaly",
+    "evaluate": "clinical evaluation of a fine-tuned checkpoint (metrics with 95% CIs, plots, subgroups)",
+    "explain": "attribution maps (Grad-CAM, IG, ...) with galleries and localisation checks",
+    "predict": "probabilities and labels for a folder, glob or CSV of images",
+}
+
+USAGE = """usage: cxrssl <command> [hydra overrides ...] [-m] [--cfg job|hydra|all] [--info] [--help]
+
+commands:
+{commands}
+
+examples:
+  cxrssl pretrain                                    # synthetic phantoms, resnet18, age pretext
+  cxrssl pretrain pretext=recon backbone=densenet121 optimizer=sgd optimizer.lr=0.01
+  cxrssl pretrain -m optimizer.lr=1e-4,3e-4,1e-3     # Hydra multirun, grouped in MLflow
+  cxrssl pretrain --help                             # config groups and every key
+  mlflow ui --backend-store-uri sqlite:///mlflow.db  # compare runs
+"""
+
+
+def config_dir() -> Path:
+    """The packaged `conf/` (shipped inside the wheel as `cxrssl.conf`)."""
+    import cxrssl.conf
+
+    return Path(cxrssl.conf.__file__).parent
+
+
+def _usage() -> str:
+    width = max(map(len, COMMANDS))
+    return USAGE.format(commands="\n".join(f"  {c:<{width}}  {d}" for c, d in COMMANDS.items()))
+
+
+def main(argv: list[str] | None = None) -> int | None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(_usage())
+        return 0
+    if argv[0] == "--version":
+        from cxrssl import __version__
+
+        print(f"cxrssl {__version__}")
+        return 0
+    command = argv[0]
+    if command not in COMMANDS:
+        print(f"cxrssl: unknown command {command!r}\n\n{_usage()}", file=sys.stderr)
+        return 2
+    import hydra
+
+    def task_function(cfg):
+        return import_module(f"cxrssl.commands.{command}").run(cfg)
+
+    task_function.__module__ = f"cxrssl.commands.{command}"
+    app = hydra.main(config_path=str(config_dir()), config_name=command, version_base="1.3")(task_function)
+    sys.argv = [sys.argv[0], *argv[1:]]  # Hydra parses sys.argv[1:]
+    app()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

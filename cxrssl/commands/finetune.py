@@ -1,0 +1,5 @@
+"""`cxrssl finetune` — arrives with the finetune/evaluate issue."""
+
+
+def run(cfg):
+    print("cxrssl finetune: not implemented yet")

@@ -1,0 +1,54 @@
+"""What pretrain and finetune share: tracking → data → optimizer → Trainer.fit → summary.
+
+Commands stay thin: they build a Task and call `fit_task`; everything about running it (resume,
+MLflow, checkpoints, summary.json) happens once, here.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from omegaconf import DictConfig, OmegaConf
+
+from cxrssl.commands.report import finish_run, run_dir_from_hydra, start_run_tracking
+from cxrssl.engine.checkpoint import find_resume_checkpoint, load_checkpoint
+from cxrssl.engine.loop import Trainer
+from cxrssl.engine.optim import LRSchedule, build_optimizer
+from cxrssl.engine.precision import Precision
+from cxrssl.tasks.base import Task
+
+
+def resume_point(cfg: DictConfig, run_dir: Path) -> tuple[Path | None, str | None]:
+    """The checkpoint to resume from and the MLflow run it belonged to (continued if present)."""
+    path = find_resume_checkpoint(cfg.get("resume"), run_dir)
+    if path is None:
+        return None, None
+    meta = load_checkpoint(path).get("meta", {})
+    return path, meta.get("mlflow_run_id")
+
+
+def fit_task(cfg: DictConfig, task: Task, table: pd.DataFrame, loaders: dict, precision: Precision,
+             tracker, run_dir: Path, resume_from: Path | None, meta: dict[str, Any]) -> dict[str, Any]:
+    """Train `task` on loaders['train'], validate on loaders['val'], write checkpoints and summary."""
+    trainer_cfg = OmegaConf.to_container(cfg.trainer, resolve=True)
+    optimizer = build_optimizer(OmegaConf.to_container(cfg.optimizer, resolve=True),
+                                task.optimizer_groups(float(cfg.optimizer.get("weight_decay", 0.0))))
+    limit = trainer_cfg.get("limit_batches")
+    batches = min(len(loaders["train"]), int(limit)) if limit else len(loaders["train"])
+    accumulate = max(int(trainer_cfg.get("accumulate_grad_batches", 1)), 1)
+    schedule = LRSchedule(optimizer, OmegaConf.to_container(cfg.scheduler, resolve=True),
+                          steps_per_epoch=math.ceil(batches / accumulate),
+                          max_epochs=int(trainer_cfg["max_epochs"]), mode=task.monitor_mode)
+    config_yaml = OmegaConf.to_yaml(cfg, resolve=True)
+    meta = {**meta, "mlflow_run_id": tracker.run_id, "image_size": int(cfg.data.image_size),
+            "backbone": cfg.backbone.name}
+    trainer = Trainer(task, optimizer, schedule, precision, trainer_cfg, run_dir, tracker, config_yaml, meta)
+    print(f"training {task.name} on {len(loaders['train'].dataset)} images "
+          f"(val {len(loaders['val'].dataset)}) | {cfg.backbone.name} @ {cfg.data.image_size}px | "
+          f"{precision.device} {precision.name} | run dir {run_dir}", flush=True)
+    return trainer.fit(loaders["train"], loaders["val"], resume_from=resume_from)
+
+
+__all__ = ["fit_task", "resume_point", "run_dir_from_hydra", "start_run_tracking", "finish_run"]

@@ -1,0 +1,230 @@
+"""The preprocessed image cache: decode + resize once, then read uint8 pixels from a memory map.
+
+Decoding a 2-3k-pixel PNG/JPEG/DICOM and resizing it costs tens of milliseconds; a training epoch
+over 100k images would starve the GPU. The cache stores the output of
+``transforms.build_preprocess`` (resize + equalise, uint8 ``image_size``²) once.
+
+Layout: ``<data.cache.dir>/<source>-<settings hash>/shard-<hash>/{images.npy, index.csv, COMPLETE}``.
+The store is keyed by source and preprocessing settings (image size, resize mode, equalisation,
+CLAHE clip, cache version); inside it every image is keyed by its fingerprint (absolute path, mtime,
+size), so a changed file is decoded again and a table that is a subset of what was cached (a label
+fraction, the test split) reuses it. Only missing images are built, into a new shard, streamed in
+bounded chunks (optionally by several processes), written to a temporary folder and renamed into
+place under a lock file, so two processes never build the same images and readers only ever see
+complete shards. Images that fail to decode are recorded (``ok=0`` with the reason), not retried
+until the file changes.
+"""
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import uuid
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from cxrssl.data.io import ImageReadError
+from cxrssl.data.transforms import preprocess_settings
+
+CACHE_VERSION = 1
+MARKER = "COMPLETE"
+CHUNK_PER_WORKER = 64
+
+
+def _get(cfg: Any, key: str, default: Any = None) -> Any:
+    if cfg is None:
+        return default
+    value = cfg.get(key, default) if hasattr(cfg, "get") else getattr(cfg, key, default)
+    return default if value is None else value
+
+
+def cache_root(data_cfg: Any) -> Path:
+    """``data.cache.dir``, else ``$CXRSSL_CACHE/preprocessed`` (default ``~/.cache/cxrssl``)."""
+    configured = _get(_get(data_cfg, "cache"), "dir")
+    if configured:
+        return Path(str(configured)).expanduser()
+    return Path(os.environ.get("CXRSSL_CACHE") or "~/.cache/cxrssl").expanduser() / "preprocessed"
+
+
+def store_dir(data_cfg: Any, source: str) -> Path:
+    settings = {**preprocess_settings(data_cfg), "version": CACHE_VERSION, "source": source}
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+    return cache_root(data_cfg) / f"{source}-{digest}"
+
+
+def fingerprints(paths: Sequence[str]) -> list[str]:
+    """``path|mtime_ns|size`` per file: the per-image cache key (a changed file is rebuilt)."""
+    out = []
+    for path in paths:
+        try:
+            stat = os.stat(path)
+            out.append(f"{path}|{stat.st_mtime_ns}|{stat.st_size}")
+        except OSError:
+            out.append(f"{path}|missing|0")
+    return out
+
+
+class ImageCache:
+    """Read-only view of a store for one table: ``get(image_id) -> uint8 image_size²``.
+
+    Memory maps are opened lazily per process (and dropped when pickled), so DataLoader workers
+    and parallel jobs each map the same files read-only."""
+
+    def __init__(self, store: Path, locations: dict[str, tuple[str, int]],
+                 failures: list[dict[str, Any]], image_size: int):
+        self.store, self.image_size = store, image_size
+        self.locations, self.failures = locations, failures
+        self._arrays: dict[str, np.ndarray] = {}
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_arrays": {}}
+
+    def __contains__(self, image_id: str) -> bool:
+        return image_id in self.locations
+
+    def get(self, image_id: str) -> np.ndarray:
+        shard, row = self.locations[image_id]
+        if shard not in self._arrays:
+            self._arrays[shard] = np.load(self.store / shard / "images.npy", mmap_mode="r")
+        return np.array(self._arrays[shard][row])
+
+
+def _complete_shards(store: Path) -> list[Path]:
+    return sorted(p for p in store.glob("shard-*") if (p / MARKER).is_file())
+
+
+def _read_index(store: Path) -> dict[str, tuple[str, int, bool, str]]:
+    """fingerprint → (shard, row, ok, reason) over every complete shard (newest wins)."""
+    index: dict[str, tuple[str, int, bool, str]] = {}
+    for shard in _complete_shards(store):
+        frame = pd.read_csv(shard / "index.csv", dtype={"reason": str}, keep_default_na=False)
+        for key, row, ok, reason in zip(frame["fingerprint"], frame["row"], frame["ok"],
+                                        frame["reason"]):
+            index[key] = (shard.name, int(row), bool(ok), reason)
+    return index
+
+
+@contextmanager
+def _locked(store: Path) -> Iterator[None]:
+    store.mkdir(parents=True, exist_ok=True)
+    with open(store / ".lock", "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def open_cache(table: pd.DataFrame, data_cfg: Any, source: str | None = None) -> ImageCache:
+    """Open the store for ``table`` (building the images it lacks first) and map its image ids."""
+    source = str(source or table.attrs.get("source") or _get(data_cfg, "source", "data"))
+    store = store_dir(data_cfg, source)
+    paths = table["path"].astype(str).tolist()
+    keys = fingerprints(paths)
+    index = _read_index(store) if store.is_dir() else {}
+    if any(key not in index for key in keys):
+        with _locked(store):  # re-read: another process may have built them while we waited
+            index = _read_index(store)
+            missing = sorted({(k, p) for k, p in zip(keys, paths) if k not in index})
+            if missing:
+                _build_shard(store, missing, data_cfg)
+                index = _read_index(store)
+    locations: dict[str, tuple[str, int]] = {}
+    failures: list[dict[str, Any]] = []
+    rows = table.get("source_row", pd.Series([np.nan] * len(table), index=table.index))
+    for image_id, path, key, source_row in zip(table["image_id"], paths, keys, rows):
+        shard, row, ok, reason = index[key]
+        if ok:
+            locations[str(image_id)] = (shard, row)
+        else:
+            failures.append({"image_id": str(image_id), "path": path, "reason": reason,
+                             "row": None if pd.isna(source_row) else int(source_row)})
+    return ImageCache(store, locations, failures, preprocess_settings(data_cfg)["image_size"])
+
+
+def _build_shard(store: Path, items: list[tuple[str, str]], data_cfg: Any) -> Path:
+    """Decode ``items`` ((fingerprint, path)) into a new complete shard; returns its folder."""
+    from tqdm.auto import tqdm
+
+    for stale in store.glob(".tmp-*"):  # we hold the lock: leftovers are from crashed builds
+        shutil.rmtree(stale, ignore_errors=True)
+    settings = preprocess_settings(data_cfg)
+    size = settings["image_size"]
+    cache_cfg = _get(data_cfg, "cache")
+    workers = max(1, int(_get(cache_cfg, "workers", min(4, os.cpu_count() or 1))))
+    (store / "settings.json").write_text(json.dumps({**settings, "version": CACHE_VERSION}))
+    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=store))
+    digest = hashlib.sha256("\n".join(k for k, _ in items).encode()).hexdigest()[:12]
+    try:
+        images = np.lib.format.open_memmap(tmp / "images.npy", mode="w+", dtype=np.uint8,
+                                           shape=(len(items), size, size))
+        ok, reasons = np.ones(len(items), bool), [""] * len(items)
+        bar = tqdm(total=len(items), desc=f"caching {size}px images", unit="img",
+                   disable=not bool(_get(cache_cfg, "progress", True)))
+        for row, (image, reason) in enumerate(_preprocess_stream([p for _, p in items], settings,
+                                                                 workers)):
+            if image is None:
+                ok[row], reasons[row] = False, reason
+            else:
+                images[row] = image
+            bar.update(1)
+        bar.close()
+        images.flush()
+        del images
+        pd.DataFrame({"fingerprint": [k for k, _ in items], "row": np.arange(len(items)),
+                      "ok": ok.astype(int), "reason": reasons}).to_csv(tmp / "index.csv", index=False)
+        (tmp / MARKER).write_text(json.dumps({"images": len(items), "failed": int((~ok).sum())}))
+        final = store / f"shard-{digest}-{uuid.uuid4().hex[:6]}"
+        os.rename(tmp, final)
+        return final
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _preprocess_stream(paths: list[str], settings: dict[str, Any],
+                       workers: int) -> Iterator[tuple[np.ndarray | None, str]]:
+    """Yield (uint8 image or None, failure reason) in order; at most a few chunks in flight."""
+    if workers == 1 or len(paths) < 2 * CHUNK_PER_WORKER:
+        _init_worker(settings, threads=0)
+        yield from map(_preprocess_one, paths)
+        return
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")  # no inherited torch/OpenCV thread state
+    chunk = CHUNK_PER_WORKER * workers
+    with context.Pool(workers, initializer=_init_worker, initargs=(settings, 1)) as pool:
+        for start in range(0, len(paths), chunk):  # bounded: one chunk of results in memory
+            yield from pool.imap(_preprocess_one, paths[start:start + chunk], chunksize=8)
+
+
+_PIPELINE: Any = None
+
+
+def _init_worker(settings: dict[str, Any], threads: int) -> None:
+    global _PIPELINE
+    import cv2
+
+    from cxrssl.data.transforms import build_preprocess
+
+    if threads:
+        cv2.setNumThreads(threads)
+    _PIPELINE = build_preprocess(settings)
+
+
+def _preprocess_one(path: str) -> tuple[np.ndarray | None, str]:
+    from cxrssl.data.io import read_image_uint8
+
+    try:
+        return _PIPELINE(image=read_image_uint8(path))["image"], ""
+    except ImageReadError as error:
+        return None, error.reason
+    except Exception as error:  # a file OpenCV/pydicom cannot handle must not kill the build
+        return None, f"{type(error).__name__}: {error}"

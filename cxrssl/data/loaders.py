@@ -1,0 +1,134 @@
+"""Metadata table → split tables → DataLoaders, reproducibly.
+
+``prepare_table`` is what every command calls first (source + patient-level splits); the label
+fraction is applied later by fine-tuning (``splits.label_subset``). ``build_dataloaders`` seeds the
+shuffling generator and every worker's augmentation so a run is repeatable for a given seed.
+"""
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import DataLoader, Sampler
+
+from cxrssl.data.dataset import CXRDataset
+from cxrssl.data.io import ImageReadError
+from cxrssl.data.schema import MetadataError
+from cxrssl.data.sources import load_table
+from cxrssl.data.splits import assign_splits, check_no_leakage, split_table_artifact
+
+
+def _get(cfg: Any, key: str, default: Any = None) -> Any:
+    value = cfg.get(key, default) if hasattr(cfg, "get") else getattr(cfg, key, default)
+    return default if value is None else value
+
+
+def prepare_table(data_cfg: Any) -> pd.DataFrame:
+    """``load_table`` + patient-level ``assign_splits`` (official splits kept) + leakage check."""
+    table = load_table(data_cfg)
+    attrs = dict(table.attrs)
+    table = assign_splits(table, float(_get(data_cfg, "val_fraction", 0.1)),
+                          float(_get(data_cfg, "test_fraction", 0.1)),
+                          int(_get(data_cfg, "split_seed", 0)))
+    check_no_leakage(table)
+    table.attrs.update(attrs)
+    return table
+
+
+def write_data_reports(table: pd.DataFrame, out_dir: str | Path) -> dict[str, Path]:
+    """Write ``splits.csv`` (image, patient, split) and ``skipped_rows.csv`` (every row left out by
+    ``data.on_error=skip``, with file, CSV row, path and reason); return their paths."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = {"splits": out_dir / "splits.csv", "skipped": out_dir / "skipped_rows.csv"}
+    split_table_artifact(table).to_csv(paths["splits"], index=False)
+    skipped = pd.DataFrame(table.attrs.get("skipped", []), columns=["file", "row", "path", "reason"])
+    skipped.to_csv(paths["skipped"], index=False)
+    return paths
+
+
+def data_summary(table: pd.DataFrame) -> dict[str, Any]:
+    """Counts for ``summary.json``: images per split, skipped rows, implausible ages, ..."""
+    counts = dict(table.attrs.get("counts", {}))
+    counts["rows_skipped"] = len(table.attrs.get("skipped", []))
+    for split, size in table["split"].value_counts().items():
+        counts[f"images_{split}"] = int(size)
+    counts["patients"] = int(table["patient_id"].nunique())
+    return counts
+
+
+def _drop_undecodable(table: pd.DataFrame, failures: list[dict], on_error: str) -> pd.DataFrame:
+    """Apply ``data.on_error`` to images the cache build could not decode. In skip mode the rows
+    are appended to the caller's ``table.attrs["skipped"]`` (the report ``write_data_reports``
+    writes) and left out of the loaders."""
+    if not failures:
+        return table
+    if on_error != "skip":
+        lines = [f"  {f['path']} (image_id {f['image_id']}, CSV row {f['row']}): {f['reason']}"
+                 for f in failures[:10]]
+        raise ImageReadError(failures[0]["path"], f"{len(failures)} image(s) cannot be decoded:\n"
+                             + "\n".join(lines) + "\nFix or remove them, or set data.on_error=skip")
+    origin = table.attrs.get("source", "table")
+    table.attrs["skipped"] = list(table.attrs.get("skipped", [])) + [
+        {"file": origin, "row": f["row"], "path": f["path"], "reason": f["reason"]} for f in failures]
+    bad = {f["image_id"] for f in failures}
+    return table[~table["image_id"].astype(str).isin(bad)]
+
+
+def _seed_worker(worker_id: int) -> None:
+    """Each worker: distinct, reproducible seeds for numpy, random and the augmentation."""
+    seed = torch.initial_seed() % 2**32
+    np.random.seed(seed)
+    random.seed(seed)
+    info = torch.utils.data.get_worker_info()
+    if info is not None and hasattr(info.dataset, "set_seed"):
+        info.dataset.set_seed(seed)
+
+
+def _pin_memory(data_cfg: Any) -> bool:
+    value = _get(data_cfg, "pin_memory", "auto")
+    if isinstance(value, str) and value.lower() == "auto":
+        return torch.cuda.is_available()
+    return bool(value)
+
+
+def build_dataloaders(data_cfg: Any, table: pd.DataFrame, seed: int,
+                      splits: Sequence[str] = ("train", "val", "test"),
+                      train_sampler: Sampler | None = None,
+                      with_masks: bool = False) -> dict[str, DataLoader]:
+    """One DataLoader per requested split that has rows. Train is shuffled (unless a sampler is
+    given) and drops an incomplete last batch when it has more than one batch."""
+    batch_size = int(_get(data_cfg, "batch_size", 32))
+    num_workers = int(_get(data_cfg, "num_workers", 0))
+    cache = None
+    if bool(_get(_get(data_cfg, "cache", {}), "enabled", False)):
+        from cxrssl.data.cache import open_cache
+
+        cache = open_cache(table[table["split"].isin(list(splits))], data_cfg)
+        table = _drop_undecodable(table, cache.failures, str(_get(data_cfg, "on_error", "raise")))
+    loaders: dict[str, DataLoader] = {}
+    for index, split in enumerate(splits):
+        rows = table[table["split"] == split]
+        if rows.empty:
+            continue
+        train = split == "train"
+        dataset = CXRDataset(rows, data_cfg, train=train, with_masks=with_masks, cache=cache,
+                             seed=seed + index)
+        generator = torch.Generator().manual_seed(seed + index)
+        loaders[split] = DataLoader(
+            dataset, batch_size=batch_size,
+            shuffle=train and train_sampler is None,
+            sampler=train_sampler if train else None,
+            drop_last=train and len(dataset) > batch_size,
+            num_workers=num_workers, pin_memory=_pin_memory(data_cfg),
+            persistent_workers=num_workers > 0, worker_init_fn=_seed_worker,
+            generator=generator)
+    if not loaders:
+        raise MetadataError(f"no rows in any of the splits {list(splits)}; table splits: "
+                            f"{table['split'].value_counts(dropna=False).to_dict()}")
+    return loaders

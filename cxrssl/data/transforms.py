@@ -1,0 +1,103 @@
+"""Albumentations pipelines built from the data config.
+
+Two stages: ``build_preprocess`` is deterministic (resize to ``data.image_size`` by
+``data.resize_mode``, then ``data.equalize``) and works on uint8, so its output is exactly what the
+preprocessed cache stores; ``build_augment`` is the random, train-only part plus the conversion
+to a float32 1×H×W tensor in [0, 1]. No horizontal flip unless ``data.augment.hflip``: flipping
+puts the heart on the wrong side. Albumentations is imported inside the functions (CLI start-up).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import cv2
+
+RESIZE_MODES = ("letterbox", "crop", "stretch")
+EQUALIZE_MODES = ("none", "clahe", "hist")
+#: Defaults for ``data.augment.*`` when a key is absent (the original: small rotations and zooms).
+AUGMENT_DEFAULTS: dict[str, Any] = {
+    "enabled": True, "rotation": 10.0, "scale": 0.1, "translate": 0.05, "brightness": 0.1,
+    "contrast": 0.1, "p": 0.5, "hflip": False,
+}
+
+
+def _get(cfg: Any, key: str, default: Any = None) -> Any:
+    if cfg is None:
+        return default
+    value = cfg.get(key, default) if hasattr(cfg, "get") else getattr(cfg, key, default)
+    return default if value is None else value
+
+
+def preprocess_settings(data_cfg: Any) -> dict[str, Any]:
+    """The settings that change preprocessed pixels (and therefore the cache key)."""
+    size = int(_get(data_cfg, "image_size", 224))
+    resize_mode = str(_get(data_cfg, "resize_mode", "letterbox"))
+    equalize = str(_get(data_cfg, "equalize", "none"))
+    if resize_mode not in RESIZE_MODES:
+        raise ValueError(f"data.resize_mode must be one of {RESIZE_MODES}, got {resize_mode!r}")
+    if equalize not in EQUALIZE_MODES:
+        raise ValueError(f"data.equalize must be one of {EQUALIZE_MODES}, got {equalize!r}")
+    if size < 8:
+        raise ValueError(f"data.image_size must be at least 8, got {size}")
+    clip = float(_get(data_cfg, "clahe_clip", 2.0))
+    return {"image_size": size, "resize_mode": resize_mode, "equalize": equalize,
+            "clahe_clip": clip}
+
+
+def build_preprocess(data_cfg: Any):
+    """uint8 H×W (any size) → uint8 ``image_size``² (masks follow with nearest neighbour)."""
+    import albumentations as A
+
+    settings = preprocess_settings(data_cfg)
+    size, mode = settings["image_size"], settings["resize_mode"]
+    equalize = {
+        "none": [],
+        "clahe": [A.CLAHE(clip_limit=(settings["clahe_clip"],) * 2, tile_grid_size=(8, 8), p=1.0)],
+        "hist": [A.Equalize(mode="cv", p=1.0)],
+    }[settings["equalize"]]
+    area = cv2.INTER_AREA  # the right filter for the large downscales X-rays need
+    if mode == "letterbox":  # equalise before padding so the black bars do not skew the histogram
+        steps = [A.LongestMaxSize(max_size=size, interpolation=area), *equalize,
+                 A.PadIfNeeded(min_height=size, min_width=size, border_mode=cv2.BORDER_CONSTANT,
+                               fill=0, fill_mask=0)]
+    elif mode == "crop":
+        steps = [A.SmallestMaxSize(max_size=size, interpolation=area),
+                 A.CenterCrop(height=size, width=size), *equalize]
+    else:
+        steps = [A.Resize(height=size, width=size, interpolation=area), *equalize]
+    return A.Compose(steps, seed=0)
+
+
+def augment_settings(data_cfg: Any) -> dict[str, Any]:
+    augment = _get(data_cfg, "augment", None)
+    return {key: _get(augment, key, default) for key, default in AUGMENT_DEFAULTS.items()}
+
+
+def build_augment(data_cfg: Any, train: bool, seed: int = 0):
+    """uint8 ``image_size``² (+ mask) → float32 1×H×W tensor in [0, 1]; random only when training."""
+    import albumentations as A
+    from albumentations.pytorch import ToTensorV2
+
+    steps = []
+    settings = augment_settings(data_cfg)
+    if train and settings["enabled"]:
+        p = float(settings["p"])
+        steps.append(A.Affine(rotate=(-float(settings["rotation"]), float(settings["rotation"])),
+                              scale=(1 - float(settings["scale"]), 1 + float(settings["scale"])),
+                              translate_percent=(-float(settings["translate"]),
+                                                 float(settings["translate"])),
+                              border_mode=cv2.BORDER_CONSTANT, fill=0, fill_mask=0, p=p))
+        steps.append(A.RandomBrightnessContrast(brightness_limit=float(settings["brightness"]),
+                                                contrast_limit=float(settings["contrast"]), p=p))
+        if settings["hflip"]:
+            steps.append(A.HorizontalFlip(p=0.5))
+    steps += [A.ToFloat(max_value=255.0), ToTensorV2()]
+    return A.Compose(steps, seed=seed)
+
+
+def build_transforms(data_cfg: Any, train: bool, seed: int = 0):
+    """Full pipeline (preprocess + augment) for images decoded to uint8 at native size."""
+    import albumentations as A
+
+    return A.Compose([*build_preprocess(data_cfg).transforms,
+                      *build_augment(data_cfg, train, seed).transforms], seed=seed)

@@ -1,0 +1,61 @@
+"""The Task interface: a model plus the loss and metrics that train it.
+
+The engine knows nothing else. Every task keeps its encoder at `self.encoder`, so any task's
+checkpoint yields encoder weights under the `encoder.` prefix that finetune can load.
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from cxrssl.engine.optim import param_groups
+
+
+class Task(nn.Module, ABC):
+    name: str = "task"
+    monitor: str = "loss"       # key of compute_metrics() that picks best.pt
+    monitor_mode: str = "min"   # "min" | "max"
+
+    encoder: nn.Module
+
+    @abstractmethod
+    def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]: ...
+
+    @abstractmethod
+    def loss(self, outputs: dict[str, torch.Tensor], batch: dict) -> tuple[torch.Tensor, dict[str, float]]: ...
+
+    @abstractmethod
+    def update_metrics(self, outputs: dict[str, torch.Tensor], batch: dict) -> None: ...
+
+    @abstractmethod
+    def compute_metrics(self) -> dict[str, float]: ...
+
+    @abstractmethod
+    def reset_metrics(self) -> None: ...
+
+    def epoch_artifacts(self, batch: dict, outputs: dict[str, torch.Tensor], out_dir: Path,
+                        epoch: int) -> list[Path]:
+        """Files worth looking at after a validation epoch (e.g. reconstruction grids)."""
+        return []
+
+    def optimizer_groups(self, weight_decay: float) -> list[dict]:
+        """Parameter groups for the optimizer; finetune overrides this for a lower backbone LR."""
+        return param_groups(self.named_parameters(), weight_decay)
+
+    def hparams(self) -> dict:
+        """Plain values saved in the checkpoint's meta to rebuild the task for inference."""
+        return {}
+
+
+def masked_target(batch: dict, key: str, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Labels as float on `device` and the mask of rows that have one (NaN = unknown)."""
+    target = torch.as_tensor(batch[key], dtype=torch.float32, device=device)
+    return target, ~torch.isnan(target)
+
+
+def empty_loss(prediction: torch.Tensor) -> torch.Tensor:
+    """A zero loss that keeps the graph (a batch whose labels are all missing)."""
+    return prediction.sum() * 0.0

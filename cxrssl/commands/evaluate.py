@@ -1,5 +1,74 @@
-"""`cxrssl evaluate` — arrives with the evaluate/evaluate issue."""
+"""`cxrssl evaluate`: clinical evaluation of a fine-tuned checkpoint on one split."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from omegaconf import DictConfig
+
+from cxrssl.commands.checkpoint_data import load_model_and_data
+from cxrssl.commands.report import finish_run, run_dir_from_hydra, start_run_tracking
 
 
-def run(cfg):
-    print("cxrssl evaluate: not implemented yet")
+def _threshold(cfg: DictConfig, info: dict, model, table, data_cfg, precision) -> tuple[float, str]:
+    """The checkpoint's saved threshold unless `evaluate.threshold` overrides it (a number, or a
+    rule applied to the validation split — never to the evaluated split itself)."""
+    from cxrssl.evaluation import choose_threshold
+
+    meta = info.get("meta", {})
+    wanted = cfg.evaluate.get("threshold")
+    if wanted is None:
+        if "threshold" not in meta:
+            raise ValueError(f"{info['path']} has no saved threshold; pass evaluate.threshold=youden|f1|<number>")
+        return float(meta["threshold"]), f"{meta.get('threshold_rule', 'saved')} on val (saved with checkpoint)"
+    try:
+        return float(wanted), "fixed"
+    except (TypeError, ValueError):
+        val = _predict(model, table, data_cfg, "val", precision, cfg)
+        return choose_threshold(val["label"].to_numpy(), val["probability"].to_numpy(), str(wanted), split="val"), \
+            f"{wanted} on val"
+
+
+def _predict(model, table, data_cfg, split, precision, cfg):
+    from cxrssl.commands.inference import predict_probabilities, predictions_table
+    from cxrssl.data.loaders import build_dataloaders
+
+    rows = table[table["split"] == split]
+    if rows.empty:
+        raise ValueError(f"data.split={split}: no images in that split (splits present: "
+                         f"{sorted(table['split'].dropna().unique())})")
+    loader = build_dataloaders(data_cfg, rows, seed=int(cfg.trainer.seed), splits=(split,))[split]
+    return predictions_table(rows, predict_probabilities(model, loader, precision, split))
+
+
+def run(cfg: DictConfig) -> float | None:
+    from cxrssl.data.loaders import prepare_table
+    from cxrssl.engine.precision import resolve_precision
+    from cxrssl.evaluation import evaluate_predictions, format_terminal_table
+
+    run_dir = run_dir_from_hydra()
+    model, info, data_cfg = load_model_and_data(cfg)
+    meta = info.get("meta", {})
+    split = str(data_cfg.get("split", "test"))
+    tags = {"pretext": str(meta.get("pretext")), "backbone": str(meta.get("backbone")), "split": split,
+            "checkpoint": info["path"], "finetune_run_id": str(meta.get("mlflow_run_id"))}
+    tracker = start_run_tracking(cfg, tags)
+    with tracker:
+        precision = resolve_precision(cfg.trainer.device, cfg.trainer.amp)
+        table = prepare_table(data_cfg)
+        threshold, rule = _threshold(cfg, info, model, table, data_cfg, precision)
+        predictions = _predict(model, table, data_cfg, split, precision, cfg)
+        cohort = {"train": table[table["split"] == "train"], split: table[table["split"] == split]}
+        summary = evaluate_predictions(predictions, threshold, run_dir, cohort=cohort,
+                                       n_boot=int(cfg.evaluate.n_boot), seed=int(cfg.evaluate.seed),
+                                       split_name=split, threshold_rule=rule,
+                                       age_bands=tuple(cfg.evaluate.age_bands), dataset=str(data_cfg.source))
+        metrics = summary["metrics"]
+        tracker.log_metrics({f"{split}/{m}{suffix}": v[key] for m, v in metrics.items()
+                             for key, suffix in (("value", ""), ("ci_low", "_ci_low"), ("ci_high", "_ci_high"))
+                             if v.get(key) is not None}, step=0)
+        table_text = format_terminal_table(summary)
+        headline = [table_text, f"checkpoint:  {info['path']}", f"threshold:   {threshold:.4f} ({rule})",
+                    f"report:      {Path(run_dir) / 'report.md'}"]
+        finish_run(cfg, tracker, run_dir, {"evaluation": summary, "checkpoint": info["path"], "split": split},
+                   headline, {"evaluation": run_dir})
+        return metrics.get("auroc", {}).get("value")

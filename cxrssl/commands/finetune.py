@@ -1,5 +1,104 @@
-"""`cxrssl finetune` — arrives with the finetune/evaluate issue."""
+"""`cxrssl finetune`: transfer an encoder (any pretext run, weights file or none) to cardiomegaly."""
+from __future__ import annotations
+
+import pandas as pd
+from omegaconf import DictConfig, OmegaConf
+
+from cxrssl.commands.report import finish_run, run_dir_from_hydra, start_run_tracking
+from cxrssl.commands.training import fit_task, resume_point
+from cxrssl.engine.checkpoint import load_checkpoint, save_checkpoint
+from cxrssl.engine.precision import resolve_precision
+from cxrssl.engine.seed import seed_everything
 
 
-def run(cfg):
-    print("cxrssl finetune: not implemented yet")
+def finetune_table(table: pd.DataFrame, label_fraction: float, seed: int) -> pd.DataFrame:
+    """Labelled rows only; the training split reduced to `label_fraction` of its patients
+    (stratified, seeded: the same subset for every method at the same fraction and seed)."""
+    from cxrssl.data.splits import label_subset
+
+    labelled = table[table["cardiomegaly"].notna()]
+    train = labelled[labelled["split"] == "train"]
+    if not 0 < label_fraction <= 1:
+        raise ValueError(f"data.label_fraction={label_fraction}: must be in (0, 1]")
+    if label_fraction < 1:
+        train = label_subset(train, label_fraction, seed)
+    for split, rows in (("train", train), ("val", labelled[labelled["split"] == "val"])):
+        classes = sorted(rows["cardiomegaly"].unique())
+        if len(classes) < 2:
+            raise ValueError(f"finetune: the {split} split has {len(rows)} labelled images of class(es) {classes}; "
+                             "both classes are needed (raise data.label_fraction or data.val_fraction)")
+    return pd.concat([train, labelled[labelled["split"] != "train"]])
+
+
+def run(cfg: DictConfig) -> float | None:
+    from cxrssl.commands.inference import predict_probabilities, predictions_table
+    from cxrssl.data.loaders import build_dataloaders, prepare_table, write_data_reports
+    from cxrssl.evaluation import choose_threshold
+    from cxrssl.models import Classifier
+    from cxrssl.models.loading import load_encoder
+    from cxrssl.tasks.cardiomegaly import CardiomegalyTask
+    from cxrssl.tasks.imbalance import build_imbalance
+
+    run_dir = run_dir_from_hydra()
+    resume_from, resume_run_id = resume_point(cfg, run_dir)
+    seed = int(cfg.trainer.seed)
+    seed_everything(seed, bool(cfg.trainer.get("deterministic", False)))
+    encoder, source = load_encoder(cfg.backbone, cfg.pretrained, cfg.mlflow.tracking_uri)
+    ft = cfg.finetune
+    tags = {"pretext": source.get("pretext") or source["kind"], "backbone": cfg.backbone.name,
+            "strategy": ft.strategy, "imbalance": cfg.imbalance.name, "data": cfg.data.source,
+            "label_fraction": str(cfg.data.label_fraction), "pretrained": str(source.get("source"))}
+    tracker = start_run_tracking(cfg, tags, resume_run_id)
+    with tracker:
+        precision = resolve_precision(cfg.trainer.device, cfg.trainer.amp)
+        full_table = prepare_table(cfg.data)
+        table = finetune_table(full_table, float(cfg.data.label_fraction), int(cfg.data.split_seed))
+        reports = write_data_reports(table, run_dir)
+        train_labels = table.loc[table["split"] == "train", "cardiomegaly"].to_numpy()
+        imbalance = build_imbalance(OmegaConf.to_container(cfg.imbalance, resolve=True), train_labels, seed)
+        loaders = build_dataloaders(cfg.data, table, seed=seed, splits=("train", "val"),
+                                    train_sampler=imbalance.sampler)
+        task = CardiomegalyTask(encoder, imbalance, strategy=ft.strategy, trainable_blocks=ft.trainable_blocks,
+                                backbone_lr_scale=ft.backbone_lr_scale, recon_weight=ft.recon_weight,
+                                dropout=ft.dropout)
+        if task.decoder is not None and "decoder_state" in source:
+            task.decoder.load_state_dict(source.pop("decoder_state"))
+        source.pop("decoder_state", None)
+        meta = {"command": "finetune", "pretext": tags["pretext"], "pretrained": source,
+                "label_fraction": float(cfg.data.label_fraction), "threshold_rule": str(cfg.evaluate.threshold)}
+        result = fit_task(cfg, task, table, loaders, precision, tracker, run_dir, resume_from, meta)
+
+        # Decision threshold: chosen on validation with the best checkpoint, saved inside it.
+        ckpt_dir = run_dir / "checkpoints"
+        best = load_checkpoint(ckpt_dir / "best.pt")
+        task.load_state_dict(best["model"])
+        model = Classifier(task.encoder)
+        model.head = task.head
+        val_rows = table[table["split"] == "val"]
+        val_pred = predictions_table(val_rows, predict_probabilities(model, loaders["val"], precision, "val"))
+        threshold = choose_threshold(val_pred["label"].to_numpy(), val_pred["probability"].to_numpy(),
+                                     str(cfg.evaluate.threshold), split="val")
+        val_pred = val_pred.assign(predicted=(val_pred["probability"] >= threshold).astype(int))
+        val_pred.to_csv(run_dir / "val_predictions.csv", index=False)
+        for name in ("best.pt", "last.pt"):
+            state = load_checkpoint(ckpt_dir / name)
+            state["meta"] = {**state["meta"], "threshold": float(threshold)}
+            save_checkpoint(state, ckpt_dir / name)
+
+        n_train = int((table["split"] == "train").sum())
+        headline = [f"finetune cardiomegaly | {cfg.backbone.name} from {tags['pretext']} | {ft.strategy} | "
+                    f"{cfg.imbalance.name} | label fraction {cfg.data.label_fraction} ({n_train} train images)",
+                    f"best:        val AUROC={result['best_value'] or float('nan'):.4f} at epoch {result['best_epoch']} "
+                    f"({result['epochs_completed']} epochs, {result['train_time_s']:.0f}s)",
+                    f"threshold:   {threshold:.4f} ({cfg.evaluate.threshold} on val), saved in best.pt",
+                    f"checkpoints: {ckpt_dir / 'best.pt'}",
+                    f"next:        cxrssl evaluate checkpoint={ckpt_dir / 'best.pt'}"]
+        artifacts = {"": reports["splits"], "predictions": run_dir / "val_predictions.csv"}
+        if cfg.mlflow.get("log_model", True):
+            artifacts["checkpoints"] = ckpt_dir / "best.pt"
+        finish_run(cfg, tracker, run_dir, {**result, "threshold": threshold, "threshold_rule": str(cfg.evaluate.threshold),
+                                           "pretrained": source, "strategy": ft.strategy, "imbalance": imbalance.describe(),
+                                           "label_fraction": float(cfg.data.label_fraction), "n_train": n_train,
+                                           "checkpoints": {"best": ckpt_dir / "best.pt", "last": ckpt_dir / "last.pt"}},
+                   headline, artifacts, monitor=result["monitor"], monitor_mode=result["monitor_mode"])
+        return result["best_value"]

@@ -164,21 +164,22 @@ def _build_shard(store: Path, items: list[tuple[str, str]], data_cfg: Any) -> Pa
     tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=store))
     digest = hashlib.sha256("\n".join(k for k, _ in items).encode()).hexdigest()[:12]
     try:
-        images = np.lib.format.open_memmap(tmp / "images.npy", mode="w+", dtype=np.uint8,
-                                           shape=(len(items), size, size))
         ok, reasons = np.ones(len(items), bool), [""] * len(items)
         bar = tqdm(total=len(items), desc=f"caching {size}px images", unit="img",
                    disable=not bool(_get(cache_cfg, "progress", True)))
-        for row, (image, reason) in enumerate(_preprocess_stream([p for _, p in items], settings,
-                                                                 workers)):
-            if image is None:
-                ok[row], reasons[row] = False, reason
-            else:
-                images[row] = image
-            bar.update(1)
+        blank = np.zeros((size, size), np.uint8)
+        with open(tmp / "images.npy", "wb") as handle:  # plain appends: no dirty mapped pages
+            np.lib.format.write_array_header_1_0(handle, {
+                "descr": "|u1", "fortran_order": False, "shape": (len(items), size, size)})
+            stream = _preprocess_stream([p for _, p in items], settings, workers)
+            for row, (image, reason) in enumerate(stream):
+                if image is not None and image.shape != (size, size):
+                    image, reason = None, f"preprocessed to {image.shape}, expected {(size, size)}"
+                if image is None:
+                    ok[row], reasons[row] = False, reason
+                handle.write(np.ascontiguousarray(blank if image is None else image).tobytes())
+                bar.update(1)
         bar.close()
-        images.flush()
-        del images
         pd.DataFrame({"fingerprint": [k for k, _ in items], "row": np.arange(len(items)),
                       "ok": ok.astype(int), "reason": reasons}).to_csv(tmp / "index.csv", index=False)
         (tmp / MARKER).write_text(json.dumps({"images": len(items), "failed": int((~ok).sum())}))
@@ -198,7 +199,10 @@ def _preprocess_stream(paths: list[str], settings: dict[str, Any],
         return
     import multiprocessing
 
-    context = multiprocessing.get_context("spawn")  # no inherited torch/OpenCV thread state
+    # fork: workers inherit the imported modules (spawning re-imports torch via albumentations,
+    # ~10 s per worker); each worker then pins OpenCV to one thread.
+    method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+    context = multiprocessing.get_context(method)
     chunk = CHUNK_PER_WORKER * workers
     with context.Pool(workers, initializer=_init_worker, initargs=(settings, 1)) as pool:
         for start in range(0, len(paths), chunk):  # bounded: one chunk of results in memory

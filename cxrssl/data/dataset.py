@@ -43,6 +43,12 @@ class CXRDataset(Dataset):
         self._labels = self.table["cardiomegaly"].to_numpy(np.float32)
         self._sexes = np.asarray([sex_to_float(s) for s in self.table["sex"]], dtype=np.float32)
         self._views = ["" if pd.isna(v) else str(v) for v in self.table["view"]]
+        self._ids = self.table["image_id"].astype(str).tolist()
+        self._patients = self.table["patient_id"].astype(str).tolist()
+        self._paths = self.table["path"].astype(str).tolist()
+        self._mask_paths = [None if pd.isna(m) else str(m) for m in self.table["mask_path"]]
+        rows = self.table["source_row"] if "source_row" in self.table else [None] * len(self.table)
+        self._source_rows = [None if pd.isna(r) else int(r) for r in rows]
 
     def __len__(self) -> int:
         return len(self.table)
@@ -51,46 +57,41 @@ class CXRDataset(Dataset):
         """Re-seed the augmentation (called per DataLoader worker for reproducible epochs)."""
         self.augment.set_random_seed(seed)
 
-    def _load(self, row: pd.Series, path: str, reader=read_image_uint8) -> np.ndarray:
+    def _load(self, index: int, path: str, reader=read_image_uint8) -> np.ndarray:
         try:
             return reader(path)
         except ImageReadError as error:
-            where = f" (CSV row {row['source_row']})" if "source_row" in row and pd.notna(
-                row["source_row"]) else ""
-            raise ImageReadError(path, f"{error.reason}; image_id {row['image_id']}{where}") from error
+            row = self._source_rows[index]
+            where = "" if row is None else f" (CSV row {row})"
+            raise ImageReadError(path, f"{error.reason}; image_id {self._ids[index]}{where}") from error
 
-    def _image(self, index: int, row: pd.Series) -> np.ndarray:
+    def _image(self, index: int) -> np.ndarray:
         if self.cache is not None:
-            return self.cache.get(row["image_id"])
-        return self.preprocess(image=self._load(row, row["path"]))["image"]
+            return self.cache.get(self._ids[index])
+        return self.preprocess(image=self._load(index, self._paths[index]))["image"]
 
-    def _mask(self, row: pd.Series) -> np.ndarray | None:
-        if pd.isna(row["mask_path"]):
+    def _mask(self, index: int) -> np.ndarray | None:
+        path = self._mask_paths[index]
+        if path is None:
             return None
-        raw = (self._load(row, row["mask_path"], read_image) > 0).astype(np.uint8)
-        blank = np.zeros_like(raw)
-        return self.preprocess(image=blank, mask=raw)["mask"]
+        raw = (self._load(index, path, read_image) > 0).astype(np.uint8)
+        return self.preprocess(image=np.zeros_like(raw), mask=raw)["mask"]
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        row = self.table.iloc[index]
-        image = self._image(index, row)
-        mask = self._mask(row) if self.with_masks else None
-        if mask is not None:
-            out = self.augment(image=image, mask=mask)
-            mask_tensor = torch.as_tensor(out["mask"], dtype=torch.float32).reshape(
-                1, self.image_size, self.image_size)
-        else:
-            out = self.augment(image=image)
-            mask_tensor = torch.full((1, self.image_size, self.image_size), float("nan"))
+        size = self.image_size
+        image = self._image(index)
+        mask = self._mask(index) if self.with_masks else None
+        out = self.augment(image=image) if mask is None else self.augment(image=image, mask=mask)
         sample = {
-            "image": out["image"].float().reshape(1, self.image_size, self.image_size),
-            "age": torch.tensor(self._ages[index], dtype=torch.float32),
-            "sex": torch.tensor(self._sexes[index], dtype=torch.float32),
-            "cardiomegaly": torch.tensor(self._labels[index], dtype=torch.float32),
+            "image": out["image"].float().reshape(1, size, size),
+            "age": torch.tensor(self._ages[index]),
+            "sex": torch.tensor(self._sexes[index]),
+            "cardiomegaly": torch.tensor(self._labels[index]),
             "view": self._views[index],
-            "patient_id": str(row["patient_id"]),
-            "image_id": str(row["image_id"]),
+            "patient_id": self._patients[index],
+            "image_id": self._ids[index],
         }
         if self.with_masks:
-            sample["mask"] = mask_tensor
+            sample["mask"] = (torch.full((1, size, size), float("nan")) if mask is None else
+                              torch.as_tensor(out["mask"], dtype=torch.float32).reshape(1, size, size))
         return sample

@@ -134,13 +134,33 @@ def _read_dicom(path: Path) -> np.ndarray:
         raise ImageReadError(path, "colour DICOM is not a chest radiograph this tool supports")
     if pixels.ndim != 2:
         raise ImageReadError(path, f"expected one 2-D frame, got pixel array of shape {pixels.shape}")
-    values = apply_modality_lut(pixels, ds)
-    if "VOILUTSequence" in ds or "WindowCenter" in ds:
-        values = apply_voi_lut(values, ds, index=0)
+    values = np.asarray(apply_modality_lut(pixels, ds), dtype=np.float64)
     try:
-        image = _minmax(np.asarray(values, dtype=np.float32))
+        if "VOILUTSequence" in ds or ("WindowCenter" in ds and "WindowWidth" in ds):
+            low, high = _voi_output_range(ds)
+            values = np.asarray(apply_voi_lut(values, ds, index=0), dtype=np.float64)
+            image = np.clip((values - low) / max(high - low, 1e-12), 0.0, 1.0).astype(np.float32)
+        else:
+            image = _minmax(values)
     except ValueError as error:
-        raise ImageReadError(path, str(error)) from error
+        raise ImageReadError(path, f"bad VOI/pixel data ({error})") from error
     if str(getattr(ds, "PhotometricInterpretation", "MONOCHROME2")).strip() == "MONOCHROME1":
         image = 1.0 - image
     return image
+
+
+def _voi_output_range(ds) -> tuple[float, float]:
+    """The range a VOI LUT or window maps into (DICOM PS3.3 C.11.2), so windowing is kept as the
+    modality intended instead of being undone by a per-image min-max."""
+    if "VOILUTSequence" in ds:
+        return 0.0, float(2 ** int(ds.VOILUTSequence[0].LUTDescriptor[2]) - 1)
+    if ds.get("ModalityLUTSequence"):
+        low, high = 0.0, float(2 ** int(ds.ModalityLUTSequence[0].LUTDescriptor[2]) - 1)
+    elif int(getattr(ds, "PixelRepresentation", 0)) == 0:
+        low, high = 0.0, float(2 ** int(ds.BitsStored) - 1)
+    else:
+        low, high = float(-(2 ** (int(ds.BitsStored) - 1))), float(2 ** (int(ds.BitsStored) - 1) - 1)
+    slope, intercept = ds.get("RescaleSlope"), ds.get("RescaleIntercept")
+    if slope is not None and intercept is not None:
+        low, high = low * float(slope) + float(intercept), high * float(slope) + float(intercept)
+    return min(low, high), max(low, high)

@@ -14,12 +14,11 @@ import cv2
 
 RESIZE_MODES = ("letterbox", "crop", "stretch")
 EQUALIZE_MODES = ("none", "clahe", "hist")
-#: Defaults for ``data.augment.*`` when a key is absent (the original: small rotations and zooms).
+#: ``data.augment.*`` keys and their defaults (the original: small rotations and zooms).
 AUGMENT_DEFAULTS: dict[str, Any] = {
-    "enabled": True, "rotation": 10.0, "scale": 0.1, "translate": 0.05, "brightness": 0.1,
-    "contrast": 0.1, "p": 0.5, "hflip": False,
+    "enabled": True, "rotate_limit": 7.0, "scale_limit": 0.08, "translate_limit": 0.0,
+    "brightness_contrast": 0.1, "p": 0.5, "hflip": False,
 }
-
 
 def _get(cfg: Any, key: str, default: Any = None) -> Any:
     if cfg is None:
@@ -69,7 +68,12 @@ def build_preprocess(data_cfg: Any):
 
 
 def augment_settings(data_cfg: Any) -> dict[str, Any]:
-    augment = _get(data_cfg, "augment", None)
+    """``data.augment`` with defaults filled in; unknown keys are an error (a typo would
+    otherwise silently switch an augmentation off)."""
+    augment = _get(data_cfg, "augment", None) or {}
+    unknown = sorted(set(augment.keys()) - set(AUGMENT_DEFAULTS))
+    if unknown:
+        raise ValueError(f"data.augment: unknown key(s) {unknown}; allowed: {sorted(AUGMENT_DEFAULTS)}")
     return {key: _get(augment, key, default) for key, default in AUGMENT_DEFAULTS.items()}
 
 
@@ -82,13 +86,12 @@ def build_augment(data_cfg: Any, train: bool, seed: int = 0):
     settings = augment_settings(data_cfg)
     if train and settings["enabled"]:
         p = float(settings["p"])
-        steps.append(A.Affine(rotate=(-float(settings["rotation"]), float(settings["rotation"])),
-                              scale=(1 - float(settings["scale"]), 1 + float(settings["scale"])),
-                              translate_percent=(-float(settings["translate"]),
-                                                 float(settings["translate"])),
-                              border_mode=cv2.BORDER_CONSTANT, fill=0, fill_mask=0, p=p))
-        steps.append(A.RandomBrightnessContrast(brightness_limit=float(settings["brightness"]),
-                                                contrast_limit=float(settings["contrast"]), p=p))
+        rotate, scale = float(settings["rotate_limit"]), float(settings["scale_limit"])
+        shift, light = float(settings["translate_limit"]), float(settings["brightness_contrast"])
+        steps.append(A.Affine(rotate=(-rotate, rotate), scale=(1 - scale, 1 + scale),
+                              translate_percent=(-shift, shift), border_mode=cv2.BORDER_CONSTANT,
+                              fill=0, fill_mask=0, p=p))
+        steps.append(A.RandomBrightnessContrast(brightness_limit=light, contrast_limit=light, p=p))
         if settings["hflip"]:
             steps.append(A.HorizontalFlip(p=0.5))
     steps += [A.ToFloat(max_value=255.0), ToTensorV2()]

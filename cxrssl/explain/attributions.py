@@ -171,6 +171,8 @@ def compute_attributions(model: nn.Module, images: torch.Tensor | np.ndarray, me
         raise ValueError(f"unknown attribution method {method!r}; choose from {', '.join(METHODS)}")
     if baselines not in ("zero", "blur"):
         raise ValueError(f"baselines={baselines!r}: use 'zero' or 'blur'")
+    if len(images) == 0:
+        return np.zeros((0, *images.shape[-2:]), np.float32)
     model = model.to(device).eval()
     wrapped = PositiveScore(model)
     module = resolve_layer(model, layer) if method in ("gradcam", "guided_gradcam") else None

@@ -57,6 +57,24 @@ class Encoder(nn.Module):
         """Feature stages in input → output order (what partial fine-tuning unfreezes)."""
         return [_submodule(self.net, n) for n in self.stage_names]
 
+    def stage_parameters(self) -> list[list[tuple[str, nn.Parameter]]]:
+        """Parameters grouped into stages in forward order: stage k owns everything registered
+        after stage k-1's last parameter up to its own (so densenet's transition + denseblock4 +
+        norm5 form the last block). Partial fine-tuning trains the last N of these groups."""
+        ends = []
+        names = [n for n, _ in self.net.named_parameters()]
+        for stage in self.stage_names:
+            prefixes = (stage + ".", stage.replace(".", "_") + ".")
+            owned = [i for i, n in enumerate(names) if n.startswith(prefixes)]
+            ends.append(max(owned) if owned else (ends[-1] if ends else -1))
+        groups, start = [], 0
+        params = list(self.net.named_parameters())
+        for end in ends:
+            groups.append(params[start:end + 1])
+            start = end + 1
+        groups[-1].extend(params[start:])  # anything after the last stage (rare) joins it
+        return groups
+
     @property
     def gradcam_layer(self) -> nn.Module:
         """The module whose output is the deepest feature map: the usual Grad-CAM layer."""

@@ -88,7 +88,7 @@ def _open_in_child(table_pickle: bytes, cfg_yaml: str, queue) -> None:
 
 def test_concurrent_builders_build_once(setup):
     cfg, table = setup
-    context = multiprocessing.get_context("spawn")
+    context = multiprocessing.get_context("fork")
     queue = context.Queue()
     args = (pickle.dumps(table), OmegaConf.to_yaml(cfg), queue)
     children = [context.Process(target=_open_in_child, args=args) for _ in range(2)]

@@ -15,7 +15,7 @@ KEYS = {"image", "age", "sex", "cardiomegaly", "view", "patient_id", "image_id"}
 
 def data_cfg(**over):
     base = {"image_size": 24, "resize_mode": "stretch", "equalize": "none",
-            "augment": {"enabled": True, "rotation": 20, "scale": 0.15, "p": 1.0},
+            "augment": {"enabled": True, "rotate_limit": 20, "scale_limit": 0.15, "p": 1.0},
             "cache": {"enabled": False}}
     base.update(over)
     return OmegaConf.create(base)
@@ -42,8 +42,8 @@ def test_masks_follow_the_image_geometry(tmp_path: Path, make_dataset):
     csv_path = make_dataset(tmp_path, n_patients=2, with_masks=True)
     table = load_csv_table(csv_path, tmp_path)
     table.loc[3, "mask_path"] = np.nan
-    dataset = CXRDataset(table, data_cfg(augment={"rotation": 30, "scale": 0.2, "p": 1.0,
-                                                  "brightness": 0, "contrast": 0}),
+    dataset = CXRDataset(table, data_cfg(augment={"rotate_limit": 30, "scale_limit": 0.2, "p": 1.0,
+                                                  "brightness_contrast": 0}),
                          train=True, with_masks=True, seed=3)
     for index in range(3):
         sample = dataset[index]

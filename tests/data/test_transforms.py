@@ -8,8 +8,8 @@ from cxrssl.data.transforms import build_augment, build_preprocess, build_transf
 
 def cfg(**over):
     base = {"image_size": 32, "resize_mode": "letterbox", "equalize": "none",
-            "augment": {"enabled": True, "rotation": 0, "scale": 0, "translate": 0,
-                        "brightness": 0, "contrast": 0, "p": 1.0, "hflip": False}}
+            "augment": {"enabled": True, "rotate_limit": 0, "scale_limit": 0,
+                        "translate_limit": 0, "brightness_contrast": 0, "p": 1.0, "hflip": False}}
     base.update(over)
     return OmegaConf.create(base)
 
@@ -60,15 +60,15 @@ def test_no_horizontal_flip_unless_asked():
     image[:, :5] = 255
     plain = [build_augment(cfg(), train=True, seed=s)(image=image)["image"] for s in range(20)]
     assert all(torch.equal(p, plain[0]) for p in plain) and plain[0][0, :, 0].min() == 1.0
-    flipping = build_augment(cfg(augment={"hflip": True, "rotation": 0, "scale": 0, "translate": 0,
-                                          "brightness": 0, "contrast": 0}), train=True)
+    flipping = build_augment(cfg(augment={"hflip": True, "rotate_limit": 0, "scale_limit": 0,
+                                          "brightness_contrast": 0}), train=True)
     flips = sum(bool(flipping(image=image)["image"][0, 0, -1] == 1.0) for _ in range(40))
     assert 5 < flips < 35
 
 
 def test_train_augments_eval_does_not():
     image = np.tile(np.arange(32, dtype=np.uint8) * 8, (32, 1))
-    random_cfg = cfg(augment={"rotation": 15, "scale": 0.1, "p": 1.0})
+    random_cfg = cfg(augment={"rotate_limit": 15, "scale_limit": 0.1, "p": 1.0})
     train = build_augment(random_cfg, train=True, seed=1)
     outputs = [train(image=image)["image"] for _ in range(5)]
     assert not all(torch.equal(o, outputs[0]) for o in outputs)
@@ -76,3 +76,8 @@ def test_train_augments_eval_does_not():
     assert torch.equal(evaluation(image=image)["image"], evaluation(image=image)["image"])
     again = build_augment(random_cfg, train=True, seed=1)
     assert torch.equal(again(image=image)["image"], outputs[0])  # seeded
+
+
+def test_unknown_augment_key_is_an_error():
+    with pytest.raises(ValueError, match="rotation"):
+        build_augment(cfg(augment={"rotation": 10}), train=True)

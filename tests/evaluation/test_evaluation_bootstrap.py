@@ -3,7 +3,7 @@ import time
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import synthetic_predictions
+from tests.evaluation.helpers import synthetic_predictions
 from scipy.special import expit
 from scipy.stats import norm
 

@@ -3,7 +3,7 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import synthetic_predictions
+from tests.evaluation.helpers import synthetic_predictions
 
 from cxrssl.evaluation import METRIC_NAMES, evaluate_predictions, format_terminal_table, save_plots
 

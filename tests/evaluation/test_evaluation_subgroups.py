@@ -1,7 +1,7 @@
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import synthetic_predictions
+from tests.evaluation.helpers import synthetic_predictions
 from scipy import stats
 
 from cxrssl.evaluation import subgroup_metrics, subgroup_tests

@@ -20,8 +20,9 @@ def make_films(n: int, size: int = 96, radius: int = 14, seed: int = 0) -> dict[
     for i, label in enumerate(labels):
         cy, cx = rng.integers(radius + 4, size - radius - 4, size=2)
         disk = (yy - cy) ** 2 + (xx - cx) ** 2 <= radius ** 2
-        film = 0.25 + 0.2 * yy / size + rng.normal(0, 0.05, (size, size))
-        film[disk] += 0.45 if label else 0.1
+        level = rng.uniform(0.15, 0.4)  # so global brightness cannot give the label away
+        film = level + 0.2 * yy / size + rng.normal(0, 0.05, (size, size))
+        film[disk] += 0.4 if label else 0.1
         images[i, 0] = np.clip(film, 0, 1)
         masks[i, 0] = disk
     return {"image": torch.from_numpy(images), "mask": torch.from_numpy(masks),
@@ -38,7 +39,7 @@ def train_classifier(films: dict[str, torch.Tensor], epochs: int = 6, seed: int 
     n = len(films["label"])
     for _ in range(epochs):
         model.train()
-        for idx in torch.randperm(n).split(32):
+        for idx in torch.randperm(n).split(16):
             optimiser.zero_grad()
             loss_fn(model(films["image"][idx]), films["label"][idx]).backward()
             optimiser.step()

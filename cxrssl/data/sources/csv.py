@@ -55,7 +55,8 @@ class RowIssues:
         path_column = "_raw_source_value" if "_raw_source_value" in frame.columns else "path"
         for index in frame.index[bad]:
             why = reason if isinstance(reason, str) else str(reason.loc[index])
-            self.issues.append({"file": self.origin, "row": int(frame.at[index, "source_row"]),
+            origin = frame.at[index, "source_file"] if "source_file" in frame.columns else self.origin
+            self.issues.append({"file": str(origin), "row": int(frame.at[index, "source_row"]),
                                 "path": str(frame.at[index, path_column]), "reason": why,
                                 "_index": index})
 
@@ -69,13 +70,19 @@ class RowIssues:
             record["reason"] = "; ".join(filter(None, [record.get("reason"), issue["reason"]]))
         records = [by_row[index] for index in sorted(by_row)]
         if self.on_error == "raise":
-            lines = [f"  row {r['row']} ({r['path']}): {r['reason']}" for r in records[:10]]
+            lines = [f"  {'' if r['file'] == self.origin else r['file'] + ' '}row {r['row']} "
+                     f"({r['path']}): {r['reason']}" for r in records[:10]]
             more = f"\n  ... and {len(records) - 10} more" if len(records) > 10 else ""
             raise MetadataError(f"{self.origin}: {len(records)} bad row(s):\n" + "\n".join(lines)
                                 + more + "\nFix them, or set data.on_error=skip to leave them out "
                                 "(they are then listed in the skipped-rows report).")
         log.warning("%s: skipped %d row(s) (data.on_error=skip)", self.origin, len(records))
         return frame.drop(index=sorted(by_row)), records
+
+
+def _text(values: pd.Series) -> pd.Series:
+    """Upper-cased stripped strings, '' for missing (whatever dtype the column arrived in)."""
+    return values.astype(object).where(values.notna(), "").astype(str).str.strip().str.upper()
 
 
 def parse_age(value: object) -> float:
@@ -110,26 +117,26 @@ def parse_ages(values: pd.Series) -> tuple[pd.Series, pd.Series, pd.Series]:
 
 def normalise_sex(values: pd.Series) -> tuple[pd.Series, pd.Series]:
     """('M' | 'F' | NaN, mask of values that are neither a sex nor an 'unknown' token)."""
-    text = values.fillna("").astype(str).str.strip().str.upper()
+    text = _text(values)
     sex = text.map(_SEX)
     return sex.where(sex.notna(), np.nan).astype(object), sex.isna() & ~text.isin(_SEX_UNKNOWN)
 
 
 def normalise_view(values: pd.Series) -> pd.Series:
     """'PA' | 'AP' | NaN: laterals and unusual projections are not a PA/AP subgroup."""
-    text = values.fillna("").astype(str).str.strip().str.upper()
+    text = _text(values)
     return text.map(_VIEW).where(lambda s: s.notna(), np.nan).astype(object)
 
 
 def normalise_labels(values: pd.Series) -> tuple[pd.Series, pd.Series]:
     """(1.0 | 0.0 | NaN, mask of values that are not a binary label)."""
-    text = values.fillna("").astype(str).str.strip().str.upper()
+    text = _text(values)
     labels = text.map(_LABEL)
     return labels.astype("float64"), labels.isna() & (text != "") & (text != "NAN")
 
 
 def normalise_split(values: pd.Series) -> tuple[pd.Series, pd.Series]:
-    text = values.fillna("").astype(str).str.strip().str.upper()
+    text = _text(values)
     split = text.map(_SPLIT)
     return split.where(split.notna(), np.nan).astype(object), split.isna() & (text != "")
 

@@ -33,6 +33,7 @@ class Anatomy:
     mediastinum_half: float  # half-width of the upper mediastinum
     heart_ctr: float  # cardiothoracic ratio the heart is drawn to on a PA film
     heart_height: float  # semi-height of the cardiac silhouette
+    heart_tilt: float  # degrees the long axis dips towards the apex
     bone_density: float  # ~1 young adult, lower with age (osteopenia)
     calcification: float  # 0..1: costal cartilage and aortic-knob calcification
     aortic_size: float  # radius of the aortic knob (unfolds with age)
@@ -186,14 +187,14 @@ class _Thorax:
 
 
 def _heart(a: Anatomy, g: _Thorax, width: float) -> np.ndarray:
-    """Cardiac silhouette about ``width`` wide, 30 % right / 70 % left of the midline: an ellipse
+    """Cardiac silhouette about ``width`` wide, 35 % right / 65 % left of the midline: an ellipse
     whose long axis runs down to the apex on the left dome, the base merging with the mediastinum."""
-    tilt = math.radians(28)
+    tilt = math.radians(a.heart_tilt)
     long_axis, short_axis = 0.5 * width / math.cos(tilt) * 0.92, a.heart_height * math.sqrt(width / 0.3)
-    xc = 0.7 * width - width / 2
+    xc = 0.65 * width - width / 2
     u, v = long_axis * _CIRCLE.real, short_axis * _CIRCLE.imag * np.where(_CIRCLE.imag > 0, 0.8, 1.0)
     y = u * math.sin(tilt) + v * math.cos(tilt)
-    return _xy(xc + u * math.cos(tilt) - v * math.sin(tilt), y + g.dome[1] + 0.04 - y.max())
+    return _xy(xc + u * math.cos(tilt) - v * math.sin(tilt), y + g.dome[1] + 0.08 - y.max())
 
 
 def _bones(c: _Canvas, a: Anatomy, acq: Acquisition, g: _Thorax) -> np.ndarray:
@@ -297,7 +298,10 @@ def render_phantom(anatomy: Anatomy, acq: Acquisition, size: int = 256) -> Phant
     heart, outline = _fit_heart(c, a, g, target_px)
     knob_c = (g.med + 0.4 * a.aortic_size, outline[:, 1].min() - 0.02)
     knob = _ellipse(*knob_c, a.aortic_size, 1.1 * a.aortic_size)
-    lungs &= ~heart & ~(c.fill(knob) > 0)
+    in_heart_columns = heart.any(axis=0)
+    bottom = np.where(in_heart_columns, size - 1 - heart[::-1].argmax(axis=0), size)
+    under_heart = np.arange(size)[:, None] > bottom[None, :]  # heart rests on the diaphragm
+    lungs &= ~heart & ~under_heart & ~(c.fill(knob) > 0)
 
     body_half = g.half + a.soft_tissue
     body = _xy([0.09, 0.1, 0.2, 0.38, 0.5, 0.6, 0.6, body_half + 0.03, body_half + 0.01, body_half - 0.015],
@@ -314,7 +318,7 @@ def render_phantom(anatomy: Anatomy, acq: Acquisition, size: int = 256) -> Phant
     mediastinum = _xy([-0.09, 0.09, g.med * 0.8, g.med * 1.25, -g.med * 1.25, -g.med * 0.8],
                       [-0.1, -0.1, g.apex, g.dome[1] + 0.05, g.dome[-1] + 0.05, g.apex])
     density = c.fill(mediastinum, knob) * (0.45 + 0.27 * upper)
-    density[heart] = _MEDIASTINUM
+    density[heart | under_heart] = _MEDIASTINUM
     np.maximum(density, body_layer * (0.45 + 0.55 * profile) * _TISSUE, out=density)
     abdomen = c.fill(g.diaphragm()) * body_layer * (0.7 + 0.3 * profile) * _ABDOMEN
     np.maximum(density, abdomen, out=density)

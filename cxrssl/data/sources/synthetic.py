@@ -28,10 +28,10 @@ from cxrssl.data.schema import MetadataError
 from cxrssl.data.sources.phantom import Acquisition, Anatomy, render_phantom
 
 #: Bump when drawing or sampling changes, so cached sets are regenerated.
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 MARKER = ".complete"
-NEGATIVE_CAP = 0.485  # drawn CTR ceiling for negatives (a margin for pixel rounding below 0.5)
-POSITIVE_FLOOR = 0.515
+NEGATIVE_CAP = 0.495  # drawn CTR ceiling for negatives (~1 px margin below 0.5 at 256 px)
+POSITIVE_FLOOR = 0.505
 AP_MAGNIFICATION = (1.10, 1.15)
 CSV_COLUMNS = ("image_id", "path", "patient_id", "age", "sex", "view", "cardiomegaly",
                "cardiomegaly_true", "ctr", "mask_path", "lung_mask_path")
@@ -125,7 +125,7 @@ def _sample_anatomy(rng: np.random.Generator, age: int, sex: str, ctr: float) ->
         dome_height=0.07 - 0.03 * old + rng.normal(0, 0.006),
         dome_asymmetry=0.02 + rng.normal(0, 0.006),
         mediastinum_half=0.06 + 0.012 * old + rng.normal(0, 0.003),
-        heart_ctr=ctr, heart_height=0.13 + rng.normal(0, 0.007),
+        heart_ctr=ctr, heart_height=0.13 + rng.normal(0, 0.012), heart_tilt=rng.uniform(18, 38),
         bone_density=1.0 - (0.35 if male else 0.55) * aging + rng.normal(0, 0.04),
         calcification=float(np.clip((age - 35) / 50, 0, 1) ** 1.3 * rng.uniform(0.7, 1.2)),
         aortic_size=0.022 + 0.016 * old + rng.normal(0, 0.002),
@@ -177,11 +177,11 @@ def plan_dataset(settings: SyntheticSettings) -> list[ImagePlan]:
         worst = max(a.heart_magnification for a in acqs)
         old = (ages[i] - 18) / 72
         if positive[i]:
-            base = 0.52 + 0.13 * prng.beta(1.3, 2.2) + 0.02 * old
-        else:  # mean 0.42 at 18 → 0.47 at 90, truncated so even the AP films stay negative
-            mean, upper = 0.42 + 0.05 * old, NEGATIVE_CAP / worst
-            base = truncnorm.rvs((0.34 - mean) / 0.025, (upper - mean) / 0.025, loc=mean,
-                                 scale=0.025, random_state=prng)
+            base = min(POSITIVE_FLOOR + 0.14 * prng.beta(1.2, 2.5) + 0.02 * old, 0.65)
+        else:  # mean 0.41 at 18 → 0.47 at 90, truncated so even the AP films stay negative
+            mean, upper = 0.41 + 0.06 * old, NEGATIVE_CAP / worst
+            base = truncnorm.rvs((0.34 - mean) / 0.03, (upper - mean) / 0.03, loc=mean,
+                                 scale=0.03, random_state=prng)
         anatomy = _sample_anatomy(prng, int(ages[i]), str(sexes[i]), float(base))
         patient_id = f"P{i:05d}"
         for k, acq in enumerate(acqs):
@@ -223,7 +223,7 @@ def _write_dataset(folder: Path, settings: SyntheticSettings, progress: bool) ->
     (folder / "images").mkdir()
     (folder / "masks").mkdir()
     plans = plan_dataset(settings)
-    workers = min(settings.workers, max(1, len(plans) // 50))
+    workers = min(settings.workers, max(1, len(plans) // 20))  # tiny sets: no pool start-up
     size = max(1, math.ceil(len(plans) / (workers * 8)))
     jobs = [(str(folder), settings.native_size, plans[i:i + size]) for i in range(0, len(plans), size)]
     rows: list[dict] = []

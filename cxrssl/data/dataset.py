@@ -66,8 +66,8 @@ class CXRDataset(Dataset):
             raise ImageReadError(path, f"{error.reason}; image_id {self._ids[index]}{where}") from error
 
     def _image(self, index: int) -> np.ndarray:
-        if self.cache is not None:
-            return self.cache.get(self._ids[index])
+        if self.cache is not None and self._ids[index] in self.cache:
+            return self.cache.get(self._ids[index])  # else: not decodable; reading says why
         return self.preprocess(image=self._load(index, self._paths[index]))["image"]
 
     def _mask(self, index: int) -> np.ndarray | None:

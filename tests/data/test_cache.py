@@ -112,3 +112,13 @@ def test_parallel_build_matches_serial(tmp_path: Path, make_dataset):
     a, b = open_cache(table, serial), open_cache(table, parallel)
     for image_id in table["image_id"][::7]:
         np.testing.assert_array_equal(a.get(image_id), b.get(image_id))
+
+
+def test_dataset_on_a_failed_cached_image_names_the_row(setup):
+    cfg, table = setup
+    Path(table.loc[1, "path"]).write_bytes(b"\x89PNG\r\n\x1a\n" + b"x" * 80 + b"IEND")
+    dataset = CXRDataset(table, cfg, train=False)
+    assert table.loc[1, "image_id"] not in dataset.cache and len(dataset.cache.failures) == 1
+    dataset[0]
+    with pytest.raises(ImageReadError, match=rf"{table.loc[1, 'image_id']}.*CSV row 3"):
+        dataset[1]

@@ -1,5 +1,4 @@
 """NIH, CheXpert and MIMIC-CXR-JPG layouts built on disk with their real headers and quirks."""
-import gzip
 from pathlib import Path
 
 import cv2

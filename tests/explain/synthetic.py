@@ -29,11 +29,12 @@ def make_films(n: int, size: int = 96, radius: int = 14, seed: int = 0) -> dict[
             "label": torch.from_numpy(labels.astype(np.float32))}
 
 
-def train_classifier(films: dict[str, torch.Tensor], epochs: int = 6, seed: int = 0, backbone: str = "test_resnet"):
+def train_classifier(films: dict[str, torch.Tensor], epochs: int = 6, seed: int = 0, backbone: str = "test_resnet",
+                     **encoder_kwargs):
     from cxrssl.models import Classifier, create_encoder
 
     torch.manual_seed(seed)
-    model = Classifier(create_encoder(backbone))
+    model = Classifier(create_encoder(backbone, **encoder_kwargs))
     optimiser = torch.optim.Adam(model.parameters(), lr=2e-3)
     loss_fn = torch.nn.BCEWithLogitsLoss()
     n = len(films["label"])

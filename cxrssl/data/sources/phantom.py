@@ -214,7 +214,8 @@ def _bones(c: _Canvas, a: Anatomy, acq: Acquisition, g: _Thorax) -> np.ndarray:
     if a.calcification > 0:
         c.stroke(both(calc), 0.011, 0.22 * a.calcification, layer)
     lift, slope = (0.045, 0.02) if acq.view == "AP" else (0.0, 0.06)
-    clav = _xy(0.035 + s * g.half * 0.95, g.apex + 0.09 - lift - slope * s + 0.012 * np.sin(2 * np.pi * s))
+    clav_y = g.apex + 0.09 - lift - slope * s + 0.012 * np.sin(2 * np.pi * s)
+    clav = _xy(0.035 + s * g.half * 0.95, clav_y)
     c.stroke(both(clav[None]), 0.022, 0.2 * bd, layer)
     c.fill(_xy([-0.032, 0.032, 0.032, -0.032], [-0.1, -0.1, 1.2, 1.2]), value=0.04 * bd, layer=layer)
     ys = np.arange(-0.1, 1.1, 0.052)[:, None]
@@ -304,7 +305,8 @@ def render_phantom(anatomy: Anatomy, acq: Acquisition, size: int = 256) -> Phant
     lungs &= ~heart & ~under_heart & ~(c.fill(knob) > 0)
 
     body_half = g.half + a.soft_tissue
-    body = _xy([0.09, 0.1, 0.2, 0.38, 0.5, 0.6, 0.6, body_half + 0.03, body_half + 0.01, body_half - 0.015],
+    body = _xy([0.09, 0.1, 0.2, 0.38, 0.5, 0.6, 0.6, body_half + 0.03, body_half + 0.01,
+                body_half - 0.015],
                [-0.1, 0.02, 0.06, 0.075, 0.1, 0.16, 0.34, g.apex + 0.33, g.cp[1], 1.3])
     body_layer = c.fill(np.vstack([_mirror(body[::-1], -1), body]))
     inverse = np.linalg.inv(c.linear).astype(np.float32)

@@ -186,7 +186,8 @@ def plan_dataset(settings: SyntheticSettings) -> list[ImagePlan]:
         patient_id = f"P{i:05d}"
         for k, acq in enumerate(acqs):
             ctr = base * (1 + prng.normal(0, 0.008))
-            ctr = max(ctr, POSITIVE_FLOOR) if positive[i] else min(ctr, NEGATIVE_CAP / acq.heart_magnification)
+            cap = NEGATIVE_CAP / acq.heart_magnification
+            ctr = max(ctr, POSITIVE_FLOOR) if positive[i] else min(ctr, cap)
             drift = dataclasses.replace(
                 anatomy, heart_ctr=float(ctr),
                 thorax_width=anatomy.thorax_width * (1 + prng.normal(0, 0.006)),

@@ -1,0 +1,28 @@
+"""Session-wide settings: the synthetic cache lives in one temp dir, so phantoms are drawn once."""
+from __future__ import annotations
+
+import os
+
+import pytest
+
+#: Overrides for fast end-to-end runs: tiny timm backbone, 32 px, a few dozen synthetic patients.
+TINY = ["backbone=tiny", "data.image_size=32", "data.synthetic.n_patients=60", "data.synthetic.native_size=96",
+        "data.num_workers=0", "data.batch_size=16", "trainer.max_epochs=1", "trainer.progress=false"]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def synthetic_cache(tmp_path_factory):
+    path = tmp_path_factory.mktemp("cxrssl_cache")
+    old = os.environ.get("CXRSSL_CACHE")
+    os.environ["CXRSSL_CACHE"] = str(path)
+    yield path
+    if old is None:
+        os.environ.pop("CXRSSL_CACHE", None)
+    else:
+        os.environ["CXRSSL_CACHE"] = old
+
+
+@pytest.fixture
+def tiny(tmp_path):
+    """TINY plus an MLflow store inside this test's tmp dir."""
+    return [*TINY, f"mlflow.tracking_uri=sqlite:///{tmp_path}/mlflow.db"]

@@ -70,5 +70,5 @@ def run(cfg: DictConfig) -> float | None:
         headline = [table_text, f"checkpoint:  {info['path']}", f"threshold:   {threshold:.4f} ({rule})",
                     f"report:      {Path(run_dir) / 'report.md'}"]
         finish_run(cfg, tracker, run_dir, {"evaluation": summary, "checkpoint": info["path"], "split": split},
-                   headline, {"evaluation": run_dir})
+                   headline, [("evaluation", run_dir)])
         return metrics.get("auroc", {}).get("value")

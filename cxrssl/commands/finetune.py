@@ -32,7 +32,7 @@ def finetune_table(table: pd.DataFrame, label_fraction: float, seed: int) -> pd.
 
 def run(cfg: DictConfig) -> float | None:
     from cxrssl.commands.inference import predict_probabilities, predictions_table
-    from cxrssl.data.loaders import build_dataloaders, prepare_table, write_data_reports
+    from cxrssl.data.loaders import build_dataloaders, data_summary, prepare_table, write_data_reports
     from cxrssl.evaluation import choose_threshold
     from cxrssl.models import Classifier
     from cxrssl.models.loading import load_encoder
@@ -53,13 +53,16 @@ def run(cfg: DictConfig) -> float | None:
         precision = resolve_precision(cfg.trainer.device, cfg.trainer.amp)
         full_table = prepare_table(cfg.data)
         table = finetune_table(full_table, float(cfg.data.label_fraction), int(cfg.data.split_seed))
-        reports = write_data_reports(table, run_dir)
         train_labels = table.loc[table["split"] == "train", "cardiomegaly"].to_numpy()
         imbalance = build_imbalance(OmegaConf.to_container(cfg.imbalance, resolve=True), train_labels, seed)
         loaders = build_dataloaders(cfg.data, table, seed=seed, splits=("train", "val"),
-                                    train_sampler=imbalance.sampler)
+                                    train_sampler=imbalance.sampler,
+                                    strong_augment_positives=imbalance.strong_augment_positives)
+        reports = write_data_reports(table, run_dir)  # after the loaders: it lists undecodable images too
+        # A randomly initialised encoder has nothing to preserve: it trains at the head's LR.
+        lr_scale = float(ft.backbone_lr_scale) if source["kind"] != "random" else 1.0
         task = CardiomegalyTask(encoder, imbalance, strategy=ft.strategy, trainable_blocks=ft.trainable_blocks,
-                                backbone_lr_scale=ft.backbone_lr_scale, recon_weight=ft.recon_weight,
+                                backbone_lr_scale=lr_scale, recon_weight=ft.recon_weight,
                                 dropout=ft.dropout)
         if task.decoder is not None and "decoder_state" in source:
             task.decoder.load_state_dict(source.pop("decoder_state"))
@@ -93,12 +96,14 @@ def run(cfg: DictConfig) -> float | None:
                     f"threshold:   {threshold:.4f} ({cfg.evaluate.threshold} on val), saved in best.pt",
                     f"checkpoints: {ckpt_dir / 'best.pt'}",
                     f"next:        cxrssl evaluate checkpoint={ckpt_dir / 'best.pt'}"]
-        artifacts = {"": reports["splits"], "predictions": run_dir / "val_predictions.csv"}
+        artifacts = [("data", reports["splits"]), ("data", reports["skipped"]),
+                     ("predictions", run_dir / "val_predictions.csv")]
         if cfg.mlflow.get("log_model", True):
-            artifacts["checkpoints"] = ckpt_dir / "best.pt"
+            artifacts.append(("checkpoints", ckpt_dir / "best.pt"))
         finish_run(cfg, tracker, run_dir, {**result, "threshold": threshold, "threshold_rule": str(cfg.evaluate.threshold),
                                            "pretrained": source, "strategy": ft.strategy, "imbalance": imbalance.describe(),
                                            "label_fraction": float(cfg.data.label_fraction), "n_train": n_train,
+                                           "data": data_summary(table),
                                            "checkpoints": {"best": ckpt_dir / "best.pt", "last": ckpt_dir / "last.pt"}},
                    headline, artifacts, monitor=result["monitor"], monitor_mode=result["monitor_mode"])
         return result["best_value"]

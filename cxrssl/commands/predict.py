@@ -1,5 +1,122 @@
-"""`cxrssl predict` — arrives with the predict/evaluate issue."""
+"""`cxrssl predict checkpoint=... inputs=<folder | glob | CSV>`: a probability and a label per image.
+
+Unreadable files never stop the rest: they are listed in `unreadable.csv` and counted at the end.
+"""
+from __future__ import annotations
+
+import glob
+from pathlib import Path
+
+import pandas as pd
+import torch
+from omegaconf import DictConfig
+from torch.utils.data import DataLoader, Dataset
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".dcm", ".dicom")
+CSV_PATH_COLUMNS = ("path", "Path", "image_path", "filename", "file")
 
 
-def run(cfg):
-    print("cxrssl predict: not implemented yet")
+def collect_inputs(spec: str) -> list[Path]:
+    """A folder (recursive, image suffixes), a glob pattern, or a CSV with a path column."""
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        return sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    if path.suffix.lower() == ".csv" and path.is_file():
+        table = pd.read_csv(path)
+        column = next((c for c in CSV_PATH_COLUMNS if c in table.columns), None)
+        if column is None:
+            raise ValueError(f"{path}: no image path column; expected one of {CSV_PATH_COLUMNS}, "
+                             f"found {list(table.columns)}")
+        return [p if p.is_absolute() else path.parent / p for p in map(Path, table[column].astype(str))]
+    matches = sorted(Path(p) for p in glob.glob(str(path), recursive=True))
+    if not matches:
+        raise FileNotFoundError(f"inputs={spec}: not a folder, CSV or glob that matches any file")
+    return matches
+
+
+class FileImages(Dataset):
+    """Decode + the checkpoint's eval preprocessing; a failure becomes a record, not an exception."""
+
+    def __init__(self, paths: list[Path], data_cfg):
+        from cxrssl.data.transforms import build_augment, build_preprocess
+
+        self.paths, self.preprocess, self.to_tensor = paths, build_preprocess(data_cfg), build_augment(data_cfg, False)
+
+    def __len__(self):
+        return len(self.paths)
+
+    def __getitem__(self, i):
+        from cxrssl.data.io import read_image_uint8
+
+        try:
+            image = self.preprocess(image=read_image_uint8(self.paths[i]))["image"]
+            return i, self.to_tensor(image=image)["image"].float(), None
+        except Exception as err:  # noqa: BLE001 — any decoder failure is reported per file
+            return i, None, f"{type(err).__name__}: {err}"
+
+
+def _collate(items):
+    ok = [(i, t) for i, t, e in items if e is None]
+    failed = [(i, e) for i, _, e in items if e is not None]
+    images = torch.stack([t.reshape(1, *t.shape[-2:]) for _, t in ok]) if ok else None
+    return [i for i, _ in ok], images, failed
+
+
+def run(cfg: DictConfig) -> dict:
+    from tqdm.auto import tqdm
+
+    from cxrssl.commands.checkpoint_data import load_model_and_data
+    from cxrssl.commands.report import finish_run, run_dir_from_hydra, start_run_tracking
+    from cxrssl.engine.precision import resolve_precision
+
+    run_dir = run_dir_from_hydra()
+    model, info, data_cfg = load_model_and_data(cfg)
+    meta = info.get("meta", {})
+    threshold = float(cfg.predict.threshold if cfg.predict.get("threshold") is not None else meta.get("threshold", 0.5))
+    paths = collect_inputs(str(cfg.inputs))
+    tracker = start_run_tracking(cfg, {"backbone": str(meta.get("backbone")), "checkpoint": info["path"]})
+    with tracker:
+        precision = resolve_precision(cfg.trainer.device, cfg.trainer.amp)
+        loader = DataLoader(FileImages(paths, data_cfg), batch_size=int(cfg.predict.batch_size),
+                            num_workers=int(data_cfg.get("num_workers", 0)), collate_fn=_collate)
+        rows, failures, overlays = [], [], run_dir / "gradcam"
+        for indices, images, failed in tqdm(loader, desc="predict", unit="batch"):
+            failures += [{"path": str(paths[i]), "error": e} for i, e in failed]
+            if images is None:
+                continue
+            with torch.no_grad(), precision.autocast():
+                probs = torch.sigmoid(model(images.to(precision.device)).float()).cpu().numpy()
+            rows += [{"path": str(paths[i]), "probability": float(p), "predicted": int(p >= threshold)}
+                     for i, p in zip(indices, probs)]
+            if cfg.predict.gradcam:
+                _save_gradcam(model, images, [paths[i] for i in indices], probs, overlays, precision.device)
+        out_csv, bad_csv = run_dir / "predictions.csv", run_dir / "unreadable.csv"
+        pd.DataFrame(rows, columns=["path", "probability", "predicted"]).to_csv(out_csv, index=False)
+        pd.DataFrame(failures, columns=["path", "error"]).to_csv(bad_csv, index=False)
+        headline = [f"predict | {len(rows)} of {len(paths)} images scored, threshold {threshold:.3f}, "
+                    f"{sum(r['predicted'] for r in rows)} predicted positive",
+                    f"predictions: {out_csv}"]
+        if failures:
+            headline.append(f"unreadable:  {len(failures)} file(s), listed in {bad_csv}; first: "
+                            f"{failures[0]['path']} ({failures[0]['error'][:120]})")
+        artifacts = [("predict", out_csv), ("predict", bad_csv)] + ([("gradcam", overlays)] if overlays.is_dir() else [])
+        finish_run(cfg, tracker, run_dir, {"n_inputs": len(paths), "n_scored": len(rows), "n_unreadable": len(failures),
+                                           "threshold": threshold, "predictions": out_csv, "unreadable": bad_csv,
+                                           "checkpoint": info["path"]}, headline, artifacts)
+        return {"n_scored": len(rows), "n_unreadable": len(failures)}
+
+
+def _save_gradcam(model, images, paths, probs, out_dir: Path, device) -> None:
+    import matplotlib
+    from matplotlib.figure import Figure
+
+    from cxrssl.explain import compute_attributions
+    from cxrssl.explain.render import draw_overlay
+
+    matplotlib.use("Agg")
+    maps = compute_attributions(model, images, "gradcam", device=device, progress=False)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for image, attr, path, prob in zip(images.numpy(), maps, paths, probs):
+        fig = Figure(figsize=(4, 4))
+        draw_overlay(fig.add_subplot(), image, attr, title=f"{Path(path).name}  p={prob:.2f}")
+        fig.savefig(out_dir / f"{Path(path).stem}_gradcam.png", dpi=80, bbox_inches="tight")

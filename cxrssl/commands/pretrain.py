@@ -11,8 +11,7 @@ from cxrssl.engine.seed import seed_everything
 
 def run(cfg: DictConfig) -> float | None:
     """Returns the best validation value of the task's monitor (Hydra sweepers optimise it)."""
-    from cxrssl.data.loaders import build_dataloaders, prepare_table
-    from cxrssl.data.splits import split_table_artifact
+    from cxrssl.data.loaders import build_dataloaders, data_summary, prepare_table, write_data_reports
     from cxrssl.tasks import build_pretext_task
 
     run_dir = run_dir_from_hydra()
@@ -23,16 +22,15 @@ def run(cfg: DictConfig) -> float | None:
         seed_everything(int(cfg.trainer.seed), bool(cfg.trainer.get("deterministic", False)))
         precision = resolve_precision(cfg.trainer.device, cfg.trainer.amp)
         table = prepare_table(cfg.data)
-        splits_path = run_dir / "splits.csv"
-        split_table_artifact(table).to_csv(splits_path, index=False)
         task = build_pretext_task(cfg.pretext, cfg.backbone, table[table["split"] == "train"])
         loaders = build_dataloaders(cfg.data, table, seed=int(cfg.trainer.seed), splits=("train", "val"))
+        reports = write_data_reports(table, run_dir)  # after the loaders: it lists undecodable images too
         result = fit_task(cfg, task, table, loaders, precision, tracker, run_dir, resume_from,
                           meta={"command": "pretrain", "pretext": cfg.pretext.name})
         ckpt = run_dir / "checkpoints"
-        artifacts = {"": splits_path}
+        artifacts = [("data", reports["splits"]), ("data", reports["skipped"])]
         if cfg.mlflow.get("log_model", True):
-            artifacts["checkpoints"] = ckpt / "best.pt"
+            artifacts.append(("checkpoints", ckpt / "best.pt"))
         final = result["final"]
         headline = [f"pretrain {cfg.pretext.name} | {cfg.backbone.name} | {result['epochs_completed']} epochs in "
                     f"{result['train_time_s']:.0f}s ({result['train_images_per_s'] or 0:.0f} img/s train)",
@@ -40,7 +38,7 @@ def run(cfg: DictConfig) -> float | None:
                     f"best:        {result['monitor']}={result['best_value']:.4g} at epoch {result['best_epoch']}",
                     f"checkpoints: {ckpt / 'last.pt'}  {ckpt / 'best.pt'}"]
         finish_run(cfg, tracker, run_dir, {**result, "pretext": cfg.pretext.name, "backbone": cfg.backbone.name,
-                                           "n_images": {s: int((table["split"] == s).sum()) for s in ("train", "val", "test")},
+                                           "data": data_summary(table),
                                            "checkpoints": {"last": ckpt / "last.pt", "best": ckpt / "best.pt"}},
                    headline, artifacts, monitor=result["monitor"], monitor_mode=result["monitor_mode"])
         return result["best_value"]

@@ -50,9 +50,10 @@ def write_summary(run_dir: Path, summary: dict[str, Any]) -> Path:
 
 
 def finish_run(cfg: DictConfig, tracker, run_dir: Path, summary: dict[str, Any], headline: list[str],
-               artifacts: dict[str, Path] | None = None, monitor: str | None = None,
+               artifacts: list[tuple[str, Path]] | None = None, monitor: str | None = None,
                monitor_mode: str | None = None) -> dict[str, Any]:
-    """Write config + summary.json, log them (and `artifacts`: MLflow path → file), print the end."""
+    """Write config + summary.json, log them (and `artifacts`: (MLflow folder, file or dir) pairs),
+    print the closing lines."""
     config_path = Path(run_dir) / "config.yaml"
     config_path.write_text(OmegaConf.to_yaml(cfg, resolve=True))
     summary = {**summary, "command": str(cfg.command), "run_dir": str(run_dir),
@@ -60,7 +61,7 @@ def finish_run(cfg: DictConfig, tracker, run_dir: Path, summary: dict[str, Any],
                "tracking_uri": getattr(tracker, "tracking_uri", None)}
     summary_path = write_summary(run_dir, summary)
     tracker.log_artifact(config_path)
-    for artifact_dir, path in (artifacts or {}).items():
+    for artifact_dir, path in artifacts or []:
         if Path(path).is_file():
             tracker.log_artifact(path, artifact_dir or None)
         elif Path(path).is_dir():

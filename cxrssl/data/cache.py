@@ -22,6 +22,7 @@ import json
 import os
 import shutil
 import tempfile
+import threading
 import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -193,41 +194,36 @@ def _build_shard(store: Path, items: list[tuple[str, str]], data_cfg: Any) -> Pa
 def _preprocess_stream(paths: list[str], settings: dict[str, Any],
                        workers: int) -> Iterator[tuple[np.ndarray | None, str]]:
     """Yield (uint8 image or None, failure reason) in order; at most a few chunks in flight."""
-    if workers == 1 or len(paths) < 2 * CHUNK_PER_WORKER:
-        _init_worker(settings, threads=0)
-        yield from map(_preprocess_one, paths)
-        return
-    import multiprocessing
+    from cxrssl.data.parallel import ordered_map
 
-    # fork: workers inherit the imported modules (spawning re-imports torch via albumentations,
-    # ~10 s per worker); each worker then pins OpenCV to one thread.
-    method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
-    context = multiprocessing.get_context(method)
-    chunk = CHUNK_PER_WORKER * workers
-    with context.Pool(workers, initializer=_init_worker, initargs=(settings, 1)) as pool:
-        for start in range(0, len(paths), chunk):  # bounded: one chunk of results in memory
-            yield from pool.imap(_preprocess_one, paths[start:start + chunk], chunksize=8)
+    # Threads: OpenCV releases the GIL while decoding and resizing (see cxrssl.data.parallel).
+    _use_settings(settings)
+    yield from ordered_map(_preprocess_one, paths, workers, in_flight=CHUNK_PER_WORKER * max(workers, 1))
 
 
-_PIPELINE: Any = None
+_SETTINGS: dict[str, Any] = {}
+_LOCAL = threading.local()  # one albumentations pipeline per thread: Compose keeps call state
 
 
-def _init_worker(settings: dict[str, Any], threads: int) -> None:
-    global _PIPELINE
-    import cv2
+def _use_settings(settings: dict[str, Any]) -> None:
+    global _SETTINGS
+    _SETTINGS = dict(settings)
+    _LOCAL.__dict__.clear()
 
-    from cxrssl.data.transforms import build_preprocess
 
-    if threads:
-        cv2.setNumThreads(threads)
-    _PIPELINE = build_preprocess(settings)
+def _pipeline():
+    if getattr(_LOCAL, "settings", None) is not _SETTINGS:
+        from cxrssl.data.transforms import build_preprocess
+
+        _LOCAL.settings, _LOCAL.pipeline = _SETTINGS, build_preprocess(_SETTINGS)
+    return _LOCAL.pipeline
 
 
 def _preprocess_one(path: str) -> tuple[np.ndarray | None, str]:
     from cxrssl.data.io import read_image_uint8
 
     try:
-        return _PIPELINE(image=read_image_uint8(path))["image"], ""
+        return _pipeline()(image=read_image_uint8(path))["image"], ""
     except ImageReadError as error:
         return None, error.reason
     except Exception as error:  # a file OpenCV/pydicom cannot handle must not kill the build

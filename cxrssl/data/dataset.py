@@ -28,7 +28,7 @@ class CXRDataset(Dataset):
     when None and ``data.cache.enabled``, the cache for ``table`` is opened (built if needed)."""
 
     def __init__(self, table: pd.DataFrame, data_cfg: Any, train: bool, with_masks: bool = False,
-                 cache: Any | None = None, seed: int = 0):
+                 cache: Any | None = None, seed: int = 0, strong_augment_positives: bool = False):
         self.table = validate_table(table, "CXRDataset table").reset_index(drop=True)
         self.data_cfg, self.train, self.with_masks = data_cfg, train, with_masks
         self.image_size = preprocess_settings(data_cfg)["image_size"]
@@ -39,6 +39,9 @@ class CXRDataset(Dataset):
         self.cache = cache
         self.preprocess = build_preprocess(data_cfg)
         self.augment = build_augment(data_cfg, train, seed=seed)
+        # Oversampling repeats positives; augmenting them twice as hard makes the repeats differ.
+        self.positive_augment = (build_augment(data_cfg, train, seed=seed + 1, strength=2.0)
+                                 if train and strong_augment_positives else None)
         self._ages = self.table["age"].to_numpy(np.float32)
         self._labels = self.table["cardiomegaly"].to_numpy(np.float32)
         self._sexes = np.asarray([sex_to_float(s) for s in self.table["sex"]], dtype=np.float32)
@@ -56,6 +59,8 @@ class CXRDataset(Dataset):
     def set_seed(self, seed: int) -> None:
         """Re-seed the augmentation (called per DataLoader worker for reproducible epochs)."""
         self.augment.set_random_seed(seed)
+        if self.positive_augment is not None:
+            self.positive_augment.set_random_seed(seed + 1)
 
     def _load(self, index: int, path: str, reader=read_image_uint8) -> np.ndarray:
         try:
@@ -81,7 +86,9 @@ class CXRDataset(Dataset):
         size = self.image_size
         image = self._image(index)
         mask = self._mask(index) if self.with_masks else None
-        out = self.augment(image=image) if mask is None else self.augment(image=image, mask=mask)
+        augment = self.positive_augment if self.positive_augment is not None and self._labels[index] == 1 \
+            else self.augment
+        out = augment(image=image) if mask is None else augment(image=image, mask=mask)
         sample = {
             "image": out["image"].float().reshape(1, size, size),
             "age": torch.tensor(self._ages[index]),

@@ -100,7 +100,8 @@ def _pin_memory(data_cfg: Any) -> bool:
 def build_dataloaders(data_cfg: Any, table: pd.DataFrame, seed: int,
                       splits: Sequence[str] = ("train", "val", "test"),
                       train_sampler: Sampler | None = None,
-                      with_masks: bool = False) -> dict[str, DataLoader]:
+                      with_masks: bool = False,
+                      strong_augment_positives: bool = False) -> dict[str, DataLoader]:
     """One DataLoader per requested split that has rows. Train is shuffled (unless a sampler is
     given) and drops an incomplete last batch when it has more than one batch."""
     batch_size = int(_get(data_cfg, "batch_size", 32))
@@ -118,7 +119,7 @@ def build_dataloaders(data_cfg: Any, table: pd.DataFrame, seed: int,
             continue
         train = split == "train"
         dataset = CXRDataset(rows, data_cfg, train=train, with_masks=with_masks, cache=cache,
-                             seed=seed + index)
+                             seed=seed + index, strong_augment_positives=train and strong_augment_positives)
         generator = torch.Generator().manual_seed(seed + index)
         loaders[split] = DataLoader(
             dataset, batch_size=batch_size,

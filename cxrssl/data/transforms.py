@@ -77,8 +77,9 @@ def augment_settings(data_cfg: Any) -> dict[str, Any]:
     return {key: _get(augment, key, default) for key, default in AUGMENT_DEFAULTS.items()}
 
 
-def build_augment(data_cfg: Any, train: bool, seed: int = 0):
-    """uint8 ``image_size``² (+ mask) → float32 1×H×W tensor in [0, 1]; random only when training."""
+def build_augment(data_cfg: Any, train: bool, seed: int = 0, strength: float = 1.0):
+    """uint8 ``image_size``² (+ mask) → float32 1×H×W tensor in [0, 1]; random only when training.
+    ``strength`` scales every limit (the oversampling strategy's stronger augmentation of positives)."""
     import albumentations as A
     from albumentations.pytorch import ToTensorV2
 
@@ -86,8 +87,9 @@ def build_augment(data_cfg: Any, train: bool, seed: int = 0):
     settings = augment_settings(data_cfg)
     if train and settings["enabled"]:
         p = float(settings["p"])
-        rotate, scale = float(settings["rotate_limit"]), float(settings["scale_limit"])
-        shift, light = float(settings["translate_limit"]), float(settings["brightness_contrast"])
+        rotate, scale = strength * float(settings["rotate_limit"]), strength * float(settings["scale_limit"])
+        shift = strength * float(settings["translate_limit"])
+        light = strength * float(settings["brightness_contrast"])
         steps.append(A.Affine(rotate=(-rotate, rotate), scale=(1 - scale, 1 + scale),
                               translate_percent=(-shift, shift), border_mode=cv2.BORDER_CONSTANT,
                               fill=0, fill_mask=0, p=p))

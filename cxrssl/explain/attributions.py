@@ -144,8 +144,9 @@ def _attribute_batch(wrapped: PositiveScore, x: torch.Tensor, method: str, *, la
     if method == "occlusion":
         window, stride = occlusion
         per_eval = max(1, internal_batch_size // len(x))
+        occluder = blur_images(x) if baselines == "blur" else 0.0
         return ca.Occlusion(wrapped).attribute(x, sliding_window_shapes=(1, window, window), strides=(1, stride, stride),
-                                               baselines=0.0, target=target, perturbations_per_eval=per_eval)
+                                               baselines=occluder, target=target, perturbations_per_eval=per_eval)
     raise ValueError(f"unknown attribution method {method!r}; choose from {', '.join(METHODS)}")
 
 
@@ -159,8 +160,9 @@ def compute_attributions(model: nn.Module, images: torch.Tensor | np.ndarray, me
 
     `batch_size` images go through each call; `internal_batch_size` caps the forward batch of the
     path/perturbation methods (IG steps, occlusion patches). `baselines` ("zero" | "blur") sets the
-    IG baseline; GradientSHAP uses {zero, blur} unless "zero". `method` may also be a callable
-    `(model, images) -> maps`.
+    IG baseline and the occluder (black patches, as the original, can be out of distribution: a
+    model may *raise* its score for any dark hole); GradientSHAP uses {zero, blur} unless "zero".
+    `method` may also be a callable `(model, images) -> maps`.
     """
     from tqdm.auto import tqdm
 

@@ -37,14 +37,17 @@ def draw_overlay(ax, image: np.ndarray, attr: np.ndarray | None, *, signed: bool
     """Film in grey, the map on top (None draws the film alone), heart-mask contour in green."""
     from cxrssl.explain.localisation import has_mask
 
-    ax.imshow(np.squeeze(image), cmap="gray", vmin=0.0, vmax=1.0)
+    ax.imshow(np.squeeze(image), cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
     handle = None
     if attr is not None:
         low, high = _limits(attr, signed)
-        handle = ax.imshow(attr, cmap=DIVERGING_CMAP if signed else SEQUENTIAL_CMAP, vmin=low, vmax=high, alpha=alpha)
-        if colorbar:
-            bar = ax.figure.colorbar(handle, ax=ax, fraction=0.046, pad=0.02)
-            bar.ax.tick_params(labelsize=6)
+        handle = ax.imshow(attr, cmap=DIVERGING_CMAP if signed else SEQUENTIAL_CMAP, vmin=low, vmax=high, alpha=alpha,
+                           interpolation="nearest")
+        if colorbar:  # an inset axis: much cheaper than letting colorbar() re-grid the figure
+            bar = ax.figure.colorbar(handle, cax=ax.inset_axes([1.03, 0.0, 0.05, 1.0]))
+            bar.ax.tick_params(labelsize=5, length=2, pad=1)
+            bar.formatter.set_powerlimits((-2, 2))
+            bar.ax.yaxis.get_offset_text().set_fontsize(5)
     if mask is not None and has_mask(mask):
         ax.contour(np.squeeze(mask), levels=[0.5], colors="lime", linewidths=0.8)
     ax.set_title(title, fontsize=7)
@@ -59,8 +62,10 @@ def render_grid(images: np.ndarray, attributions: Mapping[str, np.ndarray], out_
     plt = _pyplot()
     methods = list(attributions)
     n_rows, n_cols = len(images), len(methods) + 1
-    fig, axes = plt.subplots(n_rows, n_cols, figsize=(panel_size * n_cols * 1.15, panel_size * n_rows + 0.4),
+    fig, axes = plt.subplots(n_rows, n_cols, figsize=(panel_size * n_cols * 1.25, panel_size * n_rows + 0.5),
                              squeeze=False)
+    fig.subplots_adjust(left=0.01, right=0.95, bottom=0.02, top=1 - 0.5 / (panel_size * n_rows + 0.5),
+                        wspace=0.35, hspace=0.2)
     for row in range(n_rows):
         mask = masks[row] if masks is not None else None
         draw_overlay(axes[row, 0], images[row], None, mask=mask, title=titles[row])
@@ -69,10 +74,9 @@ def render_grid(images: np.ndarray, attributions: Mapping[str, np.ndarray], out_
                          title=method if row == 0 else "")
     if suptitle:
         fig.suptitle(suptitle, fontsize=9)
-    fig.tight_layout()
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_path, dpi=110)
+    fig.savefig(out_path, dpi=100)
     plt.close(fig)
     return out_path
 

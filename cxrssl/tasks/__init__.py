@@ -26,7 +26,7 @@ def build_pretext_task(pretext_cfg: Mapping, backbone_cfg: Mapping, train_table:
         ages = train_table["age"].dropna()
         if ages.empty:
             raise ValueError("pretext=age but no training image has an age: choose pretext=sex or recon")
-        return AgeTask(encoder, float(ages.mean()), loss=pretext_cfg.get("loss", "smooth_l1"),
+        return AgeTask(encoder, float(ages.mean()), loss=pretext_cfg.get("loss", "l1"),
                        age_scale=pretext_cfg.get("age_scale", 100.0), dropout=pretext_cfg.get("dropout", 0.0))
     if name == "sex":
         from cxrssl.tasks.sex import SexTask

@@ -20,7 +20,7 @@ class AgeTask(Task):
     monitor = "mae"
     monitor_mode = "min"
 
-    def __init__(self, encoder: Encoder, train_mean_age: float, loss: str = "smooth_l1",
+    def __init__(self, encoder: Encoder, train_mean_age: float, loss: str = "l1",
                  age_scale: float = 100.0, dropout: float = 0.0):
         super().__init__()
         if loss not in _LOSSES:
@@ -28,7 +28,8 @@ class AgeTask(Task):
         self.encoder = encoder
         self.head = PooledHead(encoder.out_channels, 1, dropout)
         self.loss_name, self.age_scale, self.train_mean_age = loss, float(age_scale), float(train_mean_age)
-        with torch.no_grad():  # start at the mean predictor: the head only has to learn deviations
+        with torch.no_grad():  # start exactly at the mean predictor: the head learns deviations
+            self.head.fc.weight.zero_()
             self.head.fc.bias.fill_(self.train_mean_age / self.age_scale)
         self.mae = torchmetrics.MeanAbsoluteError()
         self.baseline_mae = torchmetrics.MeanAbsoluteError()

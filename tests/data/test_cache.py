@@ -1,6 +1,7 @@
-import multiprocessing
 import os
 import pickle
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -80,23 +81,25 @@ def test_undecodable_images_raise_or_are_skipped(setup):
     assert report["path"] == str(bad) and "decodable" in report["reason"]
 
 
-def _open_in_child(table_pickle: bytes, cfg_yaml: str, queue) -> None:
-    table = pickle.loads(table_pickle)
-    cache = open_cache(table, OmegaConf.create(cfg_yaml))
-    queue.put(int(cache.get(table.iloc[0]["image_id"]).sum()))
+_CHILD = """
+import pickle, sys
+from omegaconf import OmegaConf
+from cxrssl.data.cache import open_cache
+table = pickle.load(open(sys.argv[1], "rb"))
+cache = open_cache(table, OmegaConf.load(sys.argv[2]))
+print(int(cache.get(table.iloc[0]["image_id"]).sum()))
+"""
 
 
-def test_concurrent_builders_build_once(setup):
+def test_concurrent_builders_build_once(setup, tmp_path):
+    # Two real processes (started fresh, not forked from this threaded test process).
     cfg, table = setup
-    context = multiprocessing.get_context("fork")
-    queue = context.Queue()
-    args = (pickle.dumps(table), OmegaConf.to_yaml(cfg), queue)
-    children = [context.Process(target=_open_in_child, args=args) for _ in range(2)]
-    for child in children:
-        child.start()
-    results = [queue.get(timeout=120) for _ in children]
-    for child in children:
-        child.join(timeout=60)
+    (tmp_path / "table.pkl").write_bytes(pickle.dumps(table))
+    OmegaConf.save(cfg, tmp_path / "cfg.yaml")
+    children = [subprocess.Popen([sys.executable, "-c", _CHILD, str(tmp_path / "table.pkl"), str(tmp_path / "cfg.yaml")],
+                                 stdout=subprocess.PIPE, text=True) for _ in range(2)]
+    results = [int(child.communicate(timeout=180)[0].strip().splitlines()[-1]) for child in children]
+    assert all(child.returncode == 0 for child in children)
     assert len(shards(cfg)) == 1 and results[0] == results[1]
     assert not list(store_dir(cfg, "csv").glob(".tmp-*"))
     cache = pickle.loads(pickle.dumps(open_cache(table, cfg)))  # workers get it pickled (spawn)

@@ -1,7 +1,8 @@
 """A tiny "cardiomegaly" problem the tests can solve on CPU in seconds.
 
 Every film has a "heart" disk at a random position (its mask); positives have a bright heart,
-negatives a faint one, both on a noisy gradient background. A classifier that separates them must
+negatives a faint one, both on a noisy gradient background crossed by bright "ribs"
+(structure an input-driven map would highlight but the label does not depend on). A classifier that separates them must
 look at the heart, so a faithful attribution map should land inside the mask.
 """
 from __future__ import annotations
@@ -22,6 +23,8 @@ def make_films(n: int, size: int = 96, radius: int = 14, seed: int = 0) -> dict[
         disk = (yy - cy) ** 2 + (xx - cx) ** 2 <= radius ** 2
         level = rng.uniform(0.15, 0.4)  # so global brightness cannot give the label away
         film = level + 0.2 * yy / size + rng.normal(0, 0.05, (size, size))
+        for rib in rng.integers(2, size - 4, size=4):  # bright bands in both classes: structure to ignore
+            film[rib:rib + 2] += 0.3
         film[disk] += 0.4 if label else 0.1
         images[i, 0] = np.clip(film, 0, 1)
         masks[i, 0] = disk

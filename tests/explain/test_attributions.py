@@ -70,3 +70,13 @@ def test_occlusion_window_scales_with_resolution():
     assert occlusion_geometry(448) == (30, 16)
     assert occlusion_geometry(64) == (4, 2)
     assert occlusion_geometry(64, reference_size=None) == (15, 8)
+
+
+def test_baselines_switch_changes_ig_and_occlusion(untrained, images):
+    geometry = dict(occlusion_window=8, occlusion_stride=8, occlusion_reference_size=None, progress=False)
+    for method in ("integrated_gradients", "occlusion"):
+        zero = compute_attributions(untrained, images, method, baselines="zero", n_steps=4, **geometry)
+        blur = compute_attributions(untrained, images, method, baselines="blur", n_steps=4, **geometry)
+        assert not np.allclose(zero, blur)
+    with pytest.raises(ValueError, match="baselines='mean'"):
+        compute_attributions(untrained, images, "occlusion", baselines="mean", **geometry)

@@ -197,10 +197,9 @@ def plan_dataset(settings: SyntheticSettings) -> list[ImagePlan]:
 
 
 def _render_chunk(job: tuple[str, int, list[ImagePlan]]) -> list[dict]:
-    """Worker: draw and write one chunk of images; return their metadata rows."""
+    """Worker thread: draw and write one chunk of images; return their metadata rows."""
     import cv2
 
-    cv2.setNumThreads(1)
     folder, size, plans = job
     rows, png = [], [cv2.IMWRITE_PNG_COMPRESSION, 3]
     for plan in plans:
@@ -229,22 +228,11 @@ def _write_dataset(folder: Path, settings: SyntheticSettings, progress: bool) ->
     jobs = [(str(folder), settings.native_size, plans[i:i + size]) for i in range(0, len(plans), size)]
     rows: list[dict] = []
     with tqdm(total=len(plans), desc="synthetic CXR", unit="img", disable=not progress) as bar:
-        if workers == 1:
-            for job in jobs:
-                rows += _render_chunk(job)
-                bar.update(len(job[2]))
-        else:
-            import multiprocessing
-            from concurrent.futures import ProcessPoolExecutor
+        from cxrssl.data.parallel import ordered_map
 
-            # fork: workers only run numpy/cv2 (single-threaded), and spawn cannot re-import a
-            # __main__ that is stdin or a notebook
-            methods = multiprocessing.get_all_start_methods()
-            context = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
-            with ProcessPoolExecutor(workers, mp_context=context) as pool:
-                for chunk in pool.map(_render_chunk, jobs):
-                    rows += chunk
-                    bar.update(len(chunk))
+        for chunk in ordered_map(_render_chunk, jobs, workers, in_flight=2 * workers):
+            rows += chunk
+            bar.update(len(chunk))
     table = pd.DataFrame(rows)
     flip_rng = np.random.default_rng([settings.seed, 2])
     flipped = np.zeros(len(table), bool)
@@ -280,8 +268,9 @@ def generate_synthetic(root: Path, cfg: Mapping[str, Any] | None, progress: bool
     if _is_complete(root, key):
         return root / "metadata.csv"
     if root.exists():
-        stray = sorted(p.name for p in root.iterdir() if p.name not in _LAYOUT)
-        if not root.is_dir() or stray:
+        names = [p.name for p in root.iterdir()] if root.is_dir() else [root.name]
+        stray = sorted(set(names) - _LAYOUT)
+        if stray:
             raise MetadataError(f"{root} exists but is not an unfinished synthetic set ({stray[:5]}); "
                                 f"choose an empty or new data.root")
         shutil.rmtree(root)  # an interrupted generation: redo it

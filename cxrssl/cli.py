@@ -33,9 +33,12 @@ examples:
 
 
 def config_dir() -> Path:
-    """The packaged `conf/` (shipped inside the wheel as `cxrssl.conf`)."""
-    import cxrssl.conf
-
+    """The packaged `conf/` (shipped inside the wheel as `cxrssl.conf`); in a source checkout that
+    is not installed (PYTHONPATH=.), the top-level `conf/` beside the package."""
+    try:
+        import cxrssl.conf
+    except ModuleNotFoundError:
+        return Path(__file__).resolve().parent.parent / "conf"
     return Path(cxrssl.conf.__file__).parent
 
 

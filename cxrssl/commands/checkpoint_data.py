@@ -39,3 +39,23 @@ def load_model_and_data(cfg: DictConfig) -> tuple[Any, dict, DictConfig]:
         OmegaConf.set_struct(data_cfg, False)
         data_cfg.image_size = int(size)
     return model, info, data_cfg
+
+
+def checkpoint_tags(info: dict, split: str) -> dict[str, str]:
+    """MLflow tags linking an evaluate/explain/predict run to the fine-tuning run it came from."""
+    meta = info.get("meta", {})
+    return {"pretext": str(meta.get("pretext")), "backbone": str(meta.get("backbone")), "split": split,
+            "checkpoint": info["path"], "finetune_run_id": str(meta.get("mlflow_run_id"))}
+
+
+def predict_split(model, table, data_cfg, split: str, precision, seed: int):
+    """(predictions table of `split`, its DataLoader); a clear error if the split is empty."""
+    from cxrssl.commands.inference import predict_probabilities, predictions_table
+    from cxrssl.data.loaders import build_dataloaders
+
+    rows = table[table["split"] == split]
+    if rows.empty:
+        raise ValueError(f"data.split={split}: no images in that split (splits present: "
+                         f"{sorted(table['split'].dropna().unique())})")
+    loader = build_dataloaders(data_cfg, rows, seed=seed, splits=(split,))[split]
+    return predictions_table(rows, predict_probabilities(model, loader, precision, split)), loader

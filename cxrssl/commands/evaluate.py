@@ -5,7 +5,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from cxrssl.commands.checkpoint_data import load_model_and_data
+from cxrssl.commands.checkpoint_data import checkpoint_tags, load_model_and_data, predict_split
 from cxrssl.commands.report import finish_run, run_dir_from_hydra, start_run_tracking
 
 
@@ -23,21 +23,9 @@ def _threshold(cfg: DictConfig, info: dict, model, table, data_cfg, precision) -
     try:
         return float(wanted), "fixed"
     except (TypeError, ValueError):
-        val = _predict(model, table, data_cfg, "val", precision, cfg)
+        val, _ = predict_split(model, table, data_cfg, "val", precision, int(cfg.trainer.seed))
         return choose_threshold(val["label"].to_numpy(), val["probability"].to_numpy(), str(wanted), split="val"), \
             f"{wanted} on val"
-
-
-def _predict(model, table, data_cfg, split, precision, cfg):
-    from cxrssl.commands.inference import predict_probabilities, predictions_table
-    from cxrssl.data.loaders import build_dataloaders
-
-    rows = table[table["split"] == split]
-    if rows.empty:
-        raise ValueError(f"data.split={split}: no images in that split (splits present: "
-                         f"{sorted(table['split'].dropna().unique())})")
-    loader = build_dataloaders(data_cfg, rows, seed=int(cfg.trainer.seed), splits=(split,))[split]
-    return predictions_table(rows, predict_probabilities(model, loader, precision, split))
 
 
 def run(cfg: DictConfig) -> float | None:
@@ -47,16 +35,13 @@ def run(cfg: DictConfig) -> float | None:
 
     run_dir = run_dir_from_hydra()
     model, info, data_cfg = load_model_and_data(cfg)
-    meta = info.get("meta", {})
     split = str(data_cfg.get("split", "test"))
-    tags = {"pretext": str(meta.get("pretext")), "backbone": str(meta.get("backbone")), "split": split,
-            "checkpoint": info["path"], "finetune_run_id": str(meta.get("mlflow_run_id"))}
-    tracker = start_run_tracking(cfg, tags)
+    tracker = start_run_tracking(cfg, checkpoint_tags(info, split))
     with tracker:
         precision = resolve_precision(cfg.trainer.device, cfg.trainer.amp)
         table = prepare_table(data_cfg)
         threshold, rule = _threshold(cfg, info, model, table, data_cfg, precision)
-        predictions = _predict(model, table, data_cfg, split, precision, cfg)
+        predictions, _ = predict_split(model, table, data_cfg, split, precision, int(cfg.trainer.seed))
         cohort = {"train": table[table["split"] == "train"], split: table[table["split"] == split]}
         summary = evaluate_predictions(predictions, threshold, run_dir, cohort=cohort,
                                        n_boot=int(cfg.evaluate.n_boot), seed=int(cfg.evaluate.seed),

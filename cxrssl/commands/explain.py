@@ -6,14 +6,13 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from cxrssl.commands.checkpoint_data import load_model_and_data
+from cxrssl.commands.checkpoint_data import checkpoint_tags, load_model_and_data, predict_split
 from cxrssl.commands.report import finish_run, run_dir_from_hydra, start_run_tracking
 
 
 def run(cfg: DictConfig) -> dict:
-    from cxrssl.commands.inference import predict_probabilities, predictions_table
     from cxrssl.data.dataset import CXRDataset
-    from cxrssl.data.loaders import build_dataloaders, prepare_table
+    from cxrssl.data.loaders import prepare_table
     from cxrssl.engine.precision import resolve_precision
     from cxrssl.explain import run_explanations
 
@@ -22,17 +21,12 @@ def run(cfg: DictConfig) -> dict:
     meta, ex = info.get("meta", {}), cfg.explain
     split = str(data_cfg.get("split", "test"))
     threshold = float(ex.threshold if ex.get("threshold") is not None else meta.get("threshold", 0.5))
-    tags = {"pretext": str(meta.get("pretext")), "backbone": str(meta.get("backbone")), "split": split,
-            "checkpoint": info["path"], "finetune_run_id": str(meta.get("mlflow_run_id"))}
-    tracker = start_run_tracking(cfg, tags)
+    tracker = start_run_tracking(cfg, checkpoint_tags(info, split))
     with tracker:
         precision = resolve_precision(cfg.trainer.device, cfg.trainer.amp)
         table = prepare_table(data_cfg)
+        predictions, loader = predict_split(model, table, data_cfg, split, precision, int(cfg.trainer.seed))
         rows = table[table["split"] == split]
-        if rows.empty:
-            raise ValueError(f"data.split={split}: no images in that split")
-        loader = build_dataloaders(data_cfg, rows, seed=int(cfg.trainer.seed), splits=(split,))[split]
-        predictions = predictions_table(rows, predict_probabilities(model, loader, precision, split))
         predictions["predicted"] = (predictions["probability"] >= threshold).astype(int)
         dataset = CXRDataset(rows, data_cfg, train=False, with_masks=True, cache=getattr(loader.dataset, "cache", None))
         index = {image_id: i for i, image_id in enumerate(dataset.table["image_id"].astype(str))}

@@ -47,6 +47,21 @@ def _usage() -> str:
     return USAGE.format(commands="\n".join(f"  {c:<{width}}  {d}" for c, d in COMMANDS.items()))
 
 
+def _completion_line_without_command(command: str) -> None:
+    """Hydra's shell completion parses COMP_LINE after the program name as overrides; drop our
+    command word so `cxrssl pretrain pre<TAB>` completes like a plain Hydra app."""
+    import os
+
+    line = os.environ.get("COMP_LINE")
+    if not line:
+        return
+    words = line.split(" ")
+    if len(words) > 1 and words[1] == command:
+        os.environ["COMP_LINE"] = " ".join([words[0], *words[2:]])
+        point = int(os.environ.get("COMP_POINT", len(line)))
+        os.environ["COMP_POINT"] = str(max(point - len(command) - 1, len(words[0])))
+
+
 def main(argv: list[str] | None = None) -> int | None:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
@@ -57,10 +72,22 @@ def main(argv: list[str] | None = None) -> int | None:
 
         print(f"cxrssl {__version__}")
         return 0
+    if argv[0] in ("-sc", "--shell-completion") and any(a.startswith("query=") for a in argv[1:]):
+        # The installed completion script calls `cxrssl -sc query=bash`; the command is in COMP_LINE.
+        import os
+
+        words = os.environ.get("COMP_LINE", "").split(" ")
+        if len(words) < 3 or words[1] not in COMMANDS:
+            print("\n".join(c + " " for c in COMMANDS) if len(words) <= 2 else "")
+            return 0
+        argv = [words[1], *argv]
+    elif argv[0] in ("-sc", "--shell-completion"):  # install/uninstall: any command's app writes the script
+        argv = ["pretrain", *argv]
     command = argv[0]
     if command not in COMMANDS:
         print(f"cxrssl: unknown command {command!r}\n\n{_usage()}", file=sys.stderr)
         return 2
+    _completion_line_without_command(command)
     import hydra
 
     def task_function(cfg):

@@ -240,7 +240,7 @@ def update_sweep_parent(tracker: Any, monitor: str, mode: Literal["min", "max"])
 
     client.log_batch(
         parent_id,
-        metrics=[Metric(f"best_{monitor}", best_value, int(time.time() * 1000), len(children))],
+        metrics=[Metric(monitor if monitor.startswith("best/") else f"best_{monitor}", best_value, int(time.time() * 1000), len(children))],
         tags=[
             RunTag("best_run_id", best_run.info.run_id),
             RunTag("best_run_name", best_run.info.run_name or ""),

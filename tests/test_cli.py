@@ -111,3 +111,16 @@ def test_unreachable_tracking_server_fails_before_training(tmp_path):
     assert out.returncode != 0
     assert f"127.0.0.1:{port}" in out.stderr and "training" not in out.stdout
     assert time.perf_counter() - start < 60
+
+
+def test_shell_completion_completes_commands_groups_and_keys(tmp_path):
+    def query(line):
+        out = cxrssl("-sc", "query=bash", cwd=tmp_path, env_extra={"COMP_LINE": line, "COMP_POINT": str(len(line))})
+        assert out.returncode == 0, out.stderr
+        return out.stdout.split()
+
+    assert "finetune" in query("cxrssl fi")
+    assert query("cxrssl pretrain pretext=") == ["pretext=age", "pretext=recon", "pretext=sex"]
+    assert "optimizer.lr=" in query("cxrssl pretrain optimizer.l")
+    install = cxrssl("pretrain", "-sc", "install=bash", cwd=tmp_path)
+    assert install.returncode == 0 and "complete" in install.stdout

@@ -24,6 +24,7 @@ def _threshold(cfg: DictConfig, info: dict, model, table, data_cfg, precision) -
         return float(wanted), "fixed"
     except (TypeError, ValueError):
         val, _ = predict_split(model, table, data_cfg, "val", precision, int(cfg.trainer.seed))
+        val = val.dropna(subset=["label"])
         return choose_threshold(val["label"].to_numpy(), val["probability"].to_numpy(), str(wanted), split="val"), \
             f"{wanted} on val"
 

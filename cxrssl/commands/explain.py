@@ -6,7 +6,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from cxrssl.commands.checkpoint_data import checkpoint_tags, load_model_and_data, predict_split
+from cxrssl.commands.checkpoint_data import checkpoint_tags, load_model_and_data, predict_split, saved_threshold
 from cxrssl.commands.report import finish_run, run_dir_from_hydra, start_run_tracking
 
 
@@ -18,9 +18,9 @@ def run(cfg: DictConfig) -> dict:
 
     run_dir = run_dir_from_hydra()
     model, info, data_cfg = load_model_and_data(cfg)
-    meta, ex = info.get("meta", {}), cfg.explain
+    ex = cfg.explain
     split = str(data_cfg.get("split", "test"))
-    threshold = float(ex.threshold if ex.get("threshold") is not None else meta.get("threshold", 0.5))
+    threshold = saved_threshold(info, ex.get("threshold"))
     tracker = start_run_tracking(cfg, checkpoint_tags(info, split))
     with tracker:
         precision = resolve_precision(cfg.trainer.device, cfg.trainer.amp)

@@ -30,6 +30,13 @@ def finetune_table(table: pd.DataFrame, label_fraction: float, seed: int) -> pd.
     return pd.concat([train, labelled[labelled["split"] != "train"]])
 
 
+def _decoder_width(source: dict) -> int:
+    """The recon checkpoint's decoder width (its first 1×1 conv has 2 × width outputs), else 64."""
+    state = source.get("decoder_state") or {}
+    weight = state.get("net.0.weight")
+    return int(weight.shape[0]) // 2 if weight is not None else 64
+
+
 def run(cfg: DictConfig) -> float | None:
     from cxrssl.commands.inference import predict_probabilities, predictions_table
     from cxrssl.data.loaders import build_dataloaders, data_summary, prepare_table, write_data_reports
@@ -53,17 +60,22 @@ def run(cfg: DictConfig) -> float | None:
         precision = resolve_precision(cfg.trainer.device, cfg.trainer.amp)
         full_table = prepare_table(cfg.data)
         table = finetune_table(full_table, float(cfg.data.label_fraction), int(cfg.data.split_seed))
-        train_labels = table.loc[table["split"] == "train", "cardiomegaly"].to_numpy()
-        imbalance = build_imbalance(OmegaConf.to_container(cfg.imbalance, resolve=True), train_labels, seed)
-        loaders = build_dataloaders(cfg.data, table, seed=seed, splits=("train", "val"),
-                                    train_sampler=imbalance.sampler,
-                                    strong_augment_positives=imbalance.strong_augment_positives)
+        imbalance_cfg = OmegaConf.to_container(cfg.imbalance, resolve=True)
+        built = {}
+
+        def sampler_for(train_rows):  # the final training rows, in dataset order
+            built["imbalance"] = build_imbalance(imbalance_cfg, train_rows["cardiomegaly"].to_numpy(), seed)
+            return built["imbalance"].sampler
+
+        loaders = build_dataloaders(cfg.data, table, seed=seed, splits=("train", "val"), train_sampler=sampler_for,
+                                    strong_augment_positives=bool(imbalance_cfg.get("strong_augment", False)))
+        imbalance = built["imbalance"]
         reports = write_data_reports(table, run_dir)  # after the loaders: it lists undecodable images too
         # A randomly initialised encoder has nothing to preserve: it trains at the head's LR.
         lr_scale = float(ft.backbone_lr_scale) if source["kind"] != "random" else 1.0
         task = CardiomegalyTask(encoder, imbalance, strategy=ft.strategy, trainable_blocks=ft.trainable_blocks,
                                 backbone_lr_scale=lr_scale, recon_weight=ft.recon_weight,
-                                dropout=ft.dropout)
+                                dropout=ft.dropout, decoder_width=_decoder_width(source))
         if task.decoder is not None and "decoder_state" in source:
             task.decoder.load_state_dict(source.pop("decoder_state"))
         source.pop("decoder_state", None)
@@ -88,7 +100,7 @@ def run(cfg: DictConfig) -> float | None:
             state["meta"] = {**state["meta"], "threshold": float(threshold)}
             save_checkpoint(state, ckpt_dir / name)
 
-        n_train = int((table["split"] == "train").sum())
+        n_train = len(loaders["train"].dataset)
         headline = [f"finetune cardiomegaly | {cfg.backbone.name} from {tags['pretext']} | {ft.strategy} | "
                     f"{cfg.imbalance.name} | label fraction {cfg.data.label_fraction} ({n_train} train images)",
                     f"best:        val AUROC={result['best_value'] or float('nan'):.4f} at epoch {result['best_epoch']} "

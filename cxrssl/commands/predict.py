@@ -27,11 +27,20 @@ def collect_inputs(spec: str) -> list[Path]:
         if column is None:
             raise ValueError(f"{path}: no image path column; expected one of {CSV_PATH_COLUMNS}, "
                              f"found {list(table.columns)}")
-        return [p if p.is_absolute() else path.parent / p for p in map(Path, table[column].astype(str))]
+        return [_resolve_listed(path.parent, p) for p in map(Path, table[column].astype(str))]
     matches = sorted(Path(p) for p in glob.glob(str(path), recursive=True))
     if not matches:
         raise FileNotFoundError(f"inputs={spec}: not a folder, CSV or glob that matches any file")
     return matches
+
+
+def _resolve_listed(csv_dir: Path, listed: Path) -> Path:
+    """Relative to the CSV's folder, or to its parent when the CSV lists paths that start with its
+    own folder's name (CheXpert's `CheXpert-v1.0-small/valid/...` inside `CheXpert-v1.0-small/`)."""
+    if listed.is_absolute():
+        return listed
+    beside = csv_dir / listed
+    return beside if beside.exists() or not (csv_dir.parent / listed).exists() else csv_dir.parent / listed
 
 
 class FileImages(Dataset):
@@ -65,14 +74,14 @@ def _collate(items):
 def run(cfg: DictConfig) -> dict:
     from tqdm.auto import tqdm
 
-    from cxrssl.commands.checkpoint_data import load_model_and_data
+    from cxrssl.commands.checkpoint_data import load_model_and_data, saved_threshold
     from cxrssl.commands.report import finish_run, run_dir_from_hydra, start_run_tracking
     from cxrssl.engine.precision import resolve_precision
 
     run_dir = run_dir_from_hydra()
     model, info, data_cfg = load_model_and_data(cfg)
     meta = info.get("meta", {})
-    threshold = float(cfg.predict.threshold if cfg.predict.get("threshold") is not None else meta.get("threshold", 0.5))
+    threshold = saved_threshold(info, cfg.predict.get("threshold"))
     paths = collect_inputs(str(cfg.inputs))
     tracker = start_run_tracking(cfg, {"backbone": str(meta.get("backbone")), "checkpoint": info["path"]})
     with tracker:
@@ -89,7 +98,7 @@ def run(cfg: DictConfig) -> dict:
             rows += [{"path": str(paths[i]), "probability": float(p), "predicted": int(p >= threshold)}
                      for i, p in zip(indices, probs)]
             if cfg.predict.gradcam:
-                _save_gradcam(model, images, [paths[i] for i in indices], probs, overlays, precision.device)
+                _save_gradcam(model, images, [paths[i] for i in indices], indices, probs, overlays, precision.device)
         out_csv, bad_csv = run_dir / "predictions.csv", run_dir / "unreadable.csv"
         pd.DataFrame(rows, columns=["path", "probability", "predicted"]).to_csv(out_csv, index=False)
         pd.DataFrame(failures, columns=["path", "error"]).to_csv(bad_csv, index=False)
@@ -106,7 +115,8 @@ def run(cfg: DictConfig) -> dict:
         return {"n_scored": len(rows), "n_unreadable": len(failures)}
 
 
-def _save_gradcam(model, images, paths, probs, out_dir: Path, device) -> None:
+def _save_gradcam(model, images, paths, indices, probs, out_dir: Path, device) -> None:
+    """One overlay per image, named `<input index>_<stem>` so repeated file names never collide."""
     import matplotlib
     from matplotlib.figure import Figure
 
@@ -116,7 +126,7 @@ def _save_gradcam(model, images, paths, probs, out_dir: Path, device) -> None:
     matplotlib.use("Agg")
     maps = compute_attributions(model, images, "gradcam", device=device, progress=False)
     out_dir.mkdir(parents=True, exist_ok=True)
-    for image, attr, path, prob in zip(images.numpy(), maps, paths, probs):
+    for image, attr, path, index, prob in zip(images.numpy(), maps, paths, indices, probs):
         fig = Figure(figsize=(4, 4))
         draw_overlay(fig.add_subplot(), image, attr, title=f"{Path(path).name}  p={prob:.2f}")
-        fig.savefig(out_dir / f"{Path(path).stem}_gradcam.png", dpi=80, bbox_inches="tight")
+        fig.savefig(out_dir / f"{index:06d}_{Path(path).stem}_gradcam.png", dpi=80, bbox_inches="tight")

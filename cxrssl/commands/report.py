@@ -67,10 +67,13 @@ def finish_run(cfg: DictConfig, tracker, run_dir: Path, summary: dict[str, Any],
         elif Path(path).is_dir():
             tracker.log_artifacts(path, artifact_dir or None)
     tracker.log_artifact(summary_path)
-    if monitor and getattr(tracker, "sweep", None) is not None:
-        from cxrssl.sweeps import update_sweep_parent
+    if monitor and summary.get("best_value") is not None:
+        # The run's best epoch, not its last: what a sweep's parent ranks its children by.
+        tracker.log_metrics({f"best/{monitor}": float(summary["best_value"])}, step=int(summary.get("best_epoch") or 0))
+        if getattr(tracker, "sweep", None) is not None:
+            from cxrssl.sweeps import update_sweep_parent
 
-        update_sweep_parent(tracker, monitor, monitor_mode or "min")
+            update_sweep_parent(tracker, f"best/{monitor}", monitor_mode or "min")
     print("\n".join(["", *headline, f"outputs:     {run_dir}", f"summary:     {summary_path}",
                      f"mlflow run:  {tracker.run_id or 'disabled'}"
                      + (f"  ({summary['tracking_uri']})" if summary.get("tracking_uri") else "")]), flush=True)

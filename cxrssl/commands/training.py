@@ -13,7 +13,7 @@ import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
 from cxrssl.commands.report import finish_run, run_dir_from_hydra, start_run_tracking
-from cxrssl.engine.checkpoint import find_resume_checkpoint, load_checkpoint
+from cxrssl.engine.checkpoint import CheckpointError, find_resume_checkpoint, load_checkpoint
 from cxrssl.engine.loop import Trainer
 from cxrssl.engine.optim import LRSchedule, build_optimizer
 from cxrssl.engine.precision import Precision
@@ -22,10 +22,24 @@ from cxrssl.tasks.base import Task
 
 def resume_point(cfg: DictConfig, run_dir: Path) -> tuple[Path | None, str | None]:
     """The checkpoint to resume from and the MLflow run it belonged to (continued if present)."""
-    path = find_resume_checkpoint(cfg.get("resume"), run_dir)
+    from cxrssl.sweeps import sweep_info_from_hydra
+
+    resume = cfg.get("resume")
+    if sweep_info_from_hydra() is not None and str(resume).lower() == "true":
+        # In a sweep each job resumes only itself; a job that never wrote a checkpoint starts fresh.
+        own = run_dir / "checkpoints" / "last.pt"
+        resume = own if own.is_file() else None
+    path = find_resume_checkpoint(resume, run_dir)
     if path is None:
         return None, None
     meta = load_checkpoint(path).get("meta", {})
+    wanted = {"command": str(cfg.command), "backbone": str(cfg.backbone.name),
+              "pretext": str(cfg.pretext.name) if "pretext" in cfg else None}
+    clash = {k: (w, meta.get(k)) for k, w in wanted.items() if w is not None and meta.get(k) != w}
+    if clash:
+        raise CheckpointError(f"resume={cfg.get('resume')}: {path} belongs to another run ("
+                              + ", ".join(f"{k}: this run {w!r}, checkpoint {f!r}" for k, (w, f) in clash.items())
+                              + "); pass resume=<path> of the run to continue")
     return path, meta.get("mlflow_run_id")
 
 

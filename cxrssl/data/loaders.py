@@ -7,7 +7,7 @@ shuffling generator and every worker's augmentation so a run is repeatable for a
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -99,11 +99,13 @@ def _pin_memory(data_cfg: Any) -> bool:
 
 def build_dataloaders(data_cfg: Any, table: pd.DataFrame, seed: int,
                       splits: Sequence[str] = ("train", "val", "test"),
-                      train_sampler: Sampler | None = None,
+                      train_sampler: Sampler | Callable[[pd.DataFrame], Sampler | None] | None = None,
                       with_masks: bool = False,
                       strong_augment_positives: bool = False) -> dict[str, DataLoader]:
     """One DataLoader per requested split that has rows. Train is shuffled (unless a sampler is
-    given) and drops an incomplete last batch when it has more than one batch."""
+    given) and drops an incomplete last batch when it has more than one batch. `train_sampler` may
+    be a function of the final training rows (after undecodable images were skipped), so that
+    sampler indices always match the dataset."""
     batch_size = int(_get(data_cfg, "batch_size", 32))
     num_workers = int(_get(data_cfg, "num_workers", 0))
     cache = None
@@ -121,14 +123,21 @@ def build_dataloaders(data_cfg: Any, table: pd.DataFrame, seed: int,
         dataset = CXRDataset(rows, data_cfg, train=train, with_masks=with_masks, cache=cache,
                              seed=seed + index, strong_augment_positives=train and strong_augment_positives)
         generator = torch.Generator().manual_seed(seed + index)
+        sampler = None
+        if train and train_sampler is not None:
+            sampler = train_sampler if isinstance(train_sampler, Sampler) else train_sampler(dataset.table)
+        epoch_size = len(sampler) if sampler is not None else len(dataset)
         loaders[split] = DataLoader(
             dataset, batch_size=batch_size,
-            shuffle=train and train_sampler is None,
-            sampler=train_sampler if train else None,
-            drop_last=train and len(dataset) > batch_size,
+            shuffle=train and sampler is None,
+            sampler=sampler,
+            drop_last=train and epoch_size > batch_size,
             num_workers=num_workers, pin_memory=_pin_memory(data_cfg),
             persistent_workers=num_workers > 0, worker_init_fn=_seed_worker,
             generator=generator)
+    if "train" in loaders and len(loaders["train"]) == 0:
+        raise MetadataError("the training split yields no batch (too few images for data.batch_size="
+                            f"{batch_size} after sampling); lower data.batch_size or use more data")
     if not loaders:
         raise MetadataError(f"no rows in any of the splits {list(splits)}; table splits: "
                             f"{table['split'].value_counts(dropna=False).to_dict()}")

@@ -7,6 +7,7 @@ exact resume. Only the main process (rank 0) writes files or talks to the tracke
 from __future__ import annotations
 
 import math
+import shutil
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -61,8 +62,8 @@ class Trainer:
             self.restore(resume_from)
         max_epochs = int(self.cfg["max_epochs"])
         start = time.perf_counter()
-        stopped_early = False
-        for epoch in range(self.state.epoch, max_epochs):
+        stopped_early = self._should_stop()  # a resumed run that had already stopped early
+        for epoch in range(self.state.epoch, max_epochs if not stopped_early else 0):
             train_logs = self.train_one_epoch(train_loader, epoch)
             val_logs, artifacts = self.validate(val_loader, epoch)
             monitor_value = val_logs.get(self.task.monitor)
@@ -208,6 +209,10 @@ class Trainer:
                               best_epoch=ckpt["best_epoch"], bad_epochs=ckpt["bad_epochs"],
                               history=list(ckpt["history"]))
         set_rng_state(ckpt["rng"])
+        source_best = Path(path).parent / "best.pt"
+        if self.is_main and source_best.is_file() and source_best.resolve() != (self.ckpt_dir / "best.pt").resolve():
+            self.ckpt_dir.mkdir(parents=True, exist_ok=True)  # the best weights travel with the run
+            shutil.copyfile(source_best, self.ckpt_dir / "best.pt")
         if self.is_main:
             print(f"resumed from {path} at epoch {self.state.epoch}, step {self.state.global_step}")
 

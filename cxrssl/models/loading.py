@@ -110,7 +110,11 @@ def load_classifier(ref: Any, tracking_uri: str | None = None,
         raise WeightsMismatchError(f"{path} is a {meta.get('command', 'unknown')} checkpoint "
                                    f"(pretext {meta.get('pretext')}); evaluate/explain/predict need a "
                                    "`cxrssl finetune` checkpoint")
-    model = Classifier(create_encoder(meta["backbone"]))
+    from omegaconf import OmegaConf
+
+    trained = OmegaConf.create(ckpt.get("config") or "{}")
+    timm_kwargs = OmegaConf.to_container(trained.backbone.get("timm_kwargs") or {}) if "backbone" in trained else {}
+    model = Classifier(create_encoder(meta["backbone"], **timm_kwargs))
     state = {k: v for k, v in ckpt["model"].items() if k.startswith(("encoder.", "head."))}
     _strict_load(model, state, str(path))
     model.to(device).eval()

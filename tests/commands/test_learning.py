@@ -79,6 +79,15 @@ def test_evaluate_reuses_threshold_and_writes_the_report(store, finetuned):
     assert json.loads((root / "ev" / "summary.json").read_text())["mlflow_run_id"]
 
 
+def test_evaluate_other_split_keeps_the_trained_data(store, finetuned):
+    root, mlflow = store
+    _, summary = run_command("evaluate", [*mlflow, f"checkpoint={finetuned['checkpoints']['best']}", "data.split=val",
+                                          "evaluate.n_boot=50"], run_dir=root / "ev_val")
+    assert summary["evaluation"]["split"] == "val"
+    used = (root / "ev_val" / "config.yaml").read_text()
+    assert "n_patients: 200" in used and "image_size: 64" in used  # the checkpoint's data, not the default
+
+
 def test_evaluate_refuses_a_one_class_split(store, finetuned):
     root, mlflow = store
     from cxrssl.evaluation import OneClassError

@@ -93,3 +93,14 @@ def test_corrupt_and_foreign_checkpoints_are_refused(tmp_path):
     with pytest.raises(CheckpointError, match="evil.pt"):
         load_checkpoint(evil)
     assert not list(tmp_path.glob("*.tmp-*"))
+
+
+def test_resume_into_a_new_run_dir_carries_best_and_does_not_overtrain(tmp_path):
+    first, loaders = make_trainer(tmp_path / "a", max_epochs=2)
+    first.fit(loaders["train"], loaders["val"])
+    again, loaders = make_trainer(tmp_path / "b", max_epochs=2)
+    result = again.fit(loaders["train"], loaders["val"], resume_from=tmp_path / "a" / "checkpoints" / "last.pt")
+    assert again.state.global_step == first.state.global_step  # finished run: no further epochs
+    assert result["epochs_completed"] == 2
+    assert (tmp_path / "b" / "checkpoints" / "best.pt").read_bytes() == \
+        (tmp_path / "a" / "checkpoints" / "best.pt").read_bytes()

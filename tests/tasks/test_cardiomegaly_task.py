@@ -97,3 +97,20 @@ def test_unknown_strategy_and_imbalance_are_refused():
         task("freeze")
     with pytest.raises(ValueError, match="oversample"):
         build_imbalance({"name": "smote"}, LABELS, 0)
+
+
+def test_undersampled_epoch_smaller_than_a_batch_still_trains(tmp_path):
+    import pandas as pd
+    from omegaconf import OmegaConf
+
+    from cxrssl.data.loaders import build_dataloaders
+
+    rows = pd.DataFrame({"image_id": [f"i{i}" for i in range(40)], "path": [str(tmp_path / "x.png")] * 40,
+                         "patient_id": [f"p{i}" for i in range(40)], "age": 50.0, "sex": "M", "view": "PA",
+                         "cardiomegaly": [1.0, 1.0] + [0.0] * 38, "split": "train", "mask_path": float("nan")})
+    cfg = OmegaConf.create({"image_size": 32, "batch_size": 16, "num_workers": 0, "cache": {"enabled": False},
+                            "augment": {"rotate_limit": 0, "scale_limit": 0, "brightness_contrast": 0, "hflip": False}})
+    sampler = UndersampleSampler(rows["cardiomegaly"], ratio=1.0)
+    loader = build_dataloaders(cfg, rows, seed=0, splits=("train",), train_sampler=sampler)["train"]
+    assert len(loader) == 1 and not loader.drop_last  # 4 sampled images < batch 16: one batch, not none
+    assert loader.sampler is sampler

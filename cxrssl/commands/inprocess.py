@@ -26,6 +26,7 @@ def compose_config(command: str, overrides: list[str] | tuple[str, ...] = (), ru
         cfg = compose(config_name=command, overrides=list(overrides), return_hydra_config=True)
     with open_dict(cfg):
         cfg.hydra.runtime.output_dir = str(Path(run_dir).resolve()) if run_dir else str(Path.cwd())
+        cfg.hydra.runtime.cwd = str(Path.cwd())
         cfg.hydra.job.num = job_num
         cfg.hydra.overrides.task = list(overrides)
         if sweep_dir is not None:
@@ -46,7 +47,10 @@ def run_command(command: str, overrides: list[str] | tuple[str, ...] = (), run_d
     cfg = compose_config(command, overrides, run_dir, sweep_dir, job_num)
     HydraConfig.instance().set_config(cfg)
     job_cfg = OmegaConf.masked_copy(cfg, [k for k in cfg.keys() if k != "hydra"])
-    result = import_module(f"cxrssl.commands.{command}").run(job_cfg)
+    try:
+        result = import_module(f"cxrssl.commands.{command}").run(job_cfg)
+    finally:
+        HydraConfig.instance().cfg = None  # leave no Hydra state behind for later callers
     out = Path(cfg.hydra.runtime.output_dir)
     summary_path = out / "summary.json"
     return result, json.loads(summary_path.read_text()) if summary_path.exists() else {}

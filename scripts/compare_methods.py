@@ -15,6 +15,7 @@ MLflow as one sweep (experiment `cxrssl-comparison`); the table is printed and w
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from pathlib import Path
 
@@ -51,6 +52,8 @@ def main() -> None:
     parser.add_argument("--fractions", type=float, nargs="+", default=[0.01, 0.1, 1.0])
     parser.add_argument("--out", type=Path, default=Path("comparison"))
     parser.add_argument("--only", nargs="*", help="substrings of row names to run (default: all)")
+    parser.add_argument("--reuse-pretrained", action="store_true",
+                        help="reuse the pretext checkpoints listed in <out>/pretrained.json by an earlier run")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides for every run")
     args = parser.parse_args()
     preset = PRESETS[args.preset]
@@ -67,11 +70,14 @@ def main() -> None:
         return run_command(command, overrides, run_dir=out / "runs" / f"{job:03d}-{command}", sweep_dir=sweep,
                            job_num=job)[1]
 
-    pretrained = {}
+    listed = out / "pretrained.json"
+    pretrained = json.loads(listed.read_text()) if args.reuse_pretrained and listed.is_file() else {}
     rows = [r for r in method_rows() if not args.only or any(s in r[0] for s in args.only)]
-    for pretext in sorted({p for _, p, _ in rows if p}):
+    for pretext in sorted({p for _, p, _ in rows if p} - set(pretrained)):
         summary = run("pretrain", [*common, *preset["pretrain"], f"pretext={pretext}"], pretext)
         pretrained[pretext] = summary["checkpoints"]["best"]
+    out.mkdir(parents=True, exist_ok=True)
+    listed.write_text(json.dumps(pretrained, indent=2))
 
     results = []
     for fraction in args.fractions:

@@ -113,7 +113,8 @@ def load_classifier(ref: Any, tracking_uri: str | None = None,
     from omegaconf import OmegaConf
 
     trained = OmegaConf.create(ckpt.get("config") or "{}")
-    timm_kwargs = OmegaConf.to_container(trained.backbone.get("timm_kwargs") or {}) if "backbone" in trained else {}
+    kwargs_cfg = trained.backbone.get("timm_kwargs") if "backbone" in trained else None
+    timm_kwargs = OmegaConf.to_container(kwargs_cfg) if kwargs_cfg else {}
     model = Classifier(create_encoder(meta["backbone"], **timm_kwargs))
     state = {k: v for k, v in ckpt["model"].items() if k.startswith(("encoder.", "head."))}
     _strict_load(model, state, str(path))

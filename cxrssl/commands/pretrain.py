@@ -12,6 +12,7 @@ from cxrssl.engine.seed import seed_everything
 def run(cfg: DictConfig) -> float | None:
     """Returns the best validation value of the task's monitor (Hydra sweepers optimise it)."""
     from cxrssl.data.loaders import build_dataloaders, data_summary, prepare_table, write_data_reports
+    from cxrssl.models.loading import backbone_option
     from cxrssl.tasks import build_pretext_task
 
     run_dir = run_dir_from_hydra()
@@ -36,7 +37,8 @@ def run(cfg: DictConfig) -> float | None:
                     f"{result['train_time_s']:.0f}s ({result['train_images_per_s'] or 0:.0f} img/s train)",
                     "final val:   " + "  ".join(f"{k[4:]}={v:.4g}" for k, v in final.items() if k.startswith("val/")),
                     f"best:        {result['monitor']}={result['best_value']:.4g} at epoch {result['best_epoch']}",
-                    f"checkpoints: {ckpt / 'last.pt'}  {ckpt / 'best.pt'}"]
+                    f"checkpoints: {ckpt / 'last.pt'}  {ckpt / 'best.pt'}",
+                    f"next:        cxrssl finetune pretrained={ckpt / 'best.pt'} backbone={backbone_option(cfg.backbone.name)}"]
         finish_run(cfg, tracker, run_dir, {**result, "pretext": cfg.pretext.name, "backbone": cfg.backbone.name,
                                            "data": data_summary(table),
                                            "checkpoints": {"last": ckpt / "last.pt", "best": ckpt / "best.pt"}},

@@ -81,7 +81,7 @@ def load_encoder(backbone_cfg: Any, ref: Any, tracking_uri: str | None = None) -
     if found and found != name:
         raise WeightsMismatchError(
             f"pretrained={ref}: checkpoint encoder is backbone {found!r}, config asks for {name!r}; "
-            f"pass backbone={_group_option(found)} (expected {name}, found {found})")
+            f"pass backbone={backbone_option(found)} (expected {name}, found {found})")
     encoder = create_encoder(name, **dict(backbone_cfg.get("timm_kwargs") or {}))
     state = sub_state(ckpt["model"], "encoder.")
     if not state:
@@ -96,7 +96,8 @@ def load_encoder(backbone_cfg: Any, ref: Any, tracking_uri: str | None = None) -
     return encoder, info
 
 
-def _group_option(timm_name: str) -> str:
+def backbone_option(timm_name: str) -> str:
+    """The `backbone=` option that builds this timm model (conf/backbone/<option>.yaml)."""
     return "tiny" if timm_name == "test_resnet" else timm_name
 
 

@@ -61,7 +61,7 @@ def saved_threshold(info: dict, override) -> float:
     meta = info.get("meta", {})
     if "threshold" not in meta:
         raise ValueError(f"{info['path']} has no saved decision threshold (did finetune finish?); "
-                         "pass one explicitly, e.g. explain.threshold=0.5 / predict.threshold=0.5")
+                         "pass one explicitly, e.g. evaluate.threshold=youden, explain.threshold=0.5, predict.threshold=0.5")
     return float(meta["threshold"])
 
 

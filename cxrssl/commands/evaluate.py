@@ -5,7 +5,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from cxrssl.commands.checkpoint_data import checkpoint_tags, load_model_and_data, predict_split
+from cxrssl.commands.checkpoint_data import checkpoint_tags, load_model_and_data, predict_split, saved_threshold
 from cxrssl.commands.report import finish_run, run_dir_from_hydra, start_run_tracking
 
 
@@ -17,9 +17,7 @@ def _threshold(cfg: DictConfig, info: dict, model, table, data_cfg, precision) -
     meta = info.get("meta", {})
     wanted = cfg.evaluate.get("threshold")
     if wanted is None:
-        if "threshold" not in meta:
-            raise ValueError(f"{info['path']} has no saved threshold; pass evaluate.threshold=youden|f1|<number>")
-        return float(meta["threshold"]), f"{meta.get('threshold_rule', 'saved')} on val (saved with checkpoint)"
+        return saved_threshold(info, None), f"{meta.get('threshold_rule', 'saved')} on val (saved with checkpoint)"
     try:
         return float(wanted), "fixed"
     except (TypeError, ValueError):

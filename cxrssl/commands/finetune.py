@@ -81,7 +81,7 @@ def run(cfg: DictConfig) -> float | None:
         source.pop("decoder_state", None)
         meta = {"command": "finetune", "pretext": tags["pretext"], "pretrained": source,
                 "label_fraction": float(cfg.data.label_fraction), "threshold_rule": str(cfg.evaluate.threshold)}
-        result = fit_task(cfg, task, table, loaders, precision, tracker, run_dir, resume_from, meta)
+        result = fit_task(cfg, task, loaders, precision, tracker, run_dir, resume_from, meta)
 
         # Decision threshold: chosen on validation with the best checkpoint, saved inside it.
         ckpt_dir = run_dir / "checkpoints"

@@ -26,7 +26,7 @@ def run(cfg: DictConfig) -> float | None:
         task = build_pretext_task(cfg.pretext, cfg.backbone, table[table["split"] == "train"])
         loaders = build_dataloaders(cfg.data, table, seed=int(cfg.trainer.seed), splits=("train", "val"))
         reports = write_data_reports(table, run_dir)  # after the loaders: it lists undecodable images too
-        result = fit_task(cfg, task, table, loaders, precision, tracker, run_dir, resume_from,
+        result = fit_task(cfg, task, loaders, precision, tracker, run_dir, resume_from,
                           meta={"command": "pretrain", "pretext": cfg.pretext.name})
         ckpt = run_dir / "checkpoints"
         artifacts = [("data", reports["splits"]), ("data", reports["skipped"])]

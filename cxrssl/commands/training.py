@@ -9,10 +9,8 @@ import math
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
-from cxrssl.commands.report import finish_run, run_dir_from_hydra, start_run_tracking
 from cxrssl.engine.checkpoint import CheckpointError, find_resume_checkpoint, load_checkpoint
 from cxrssl.engine.loop import Trainer
 from cxrssl.engine.optim import LRSchedule, build_optimizer
@@ -43,7 +41,7 @@ def resume_point(cfg: DictConfig, run_dir: Path) -> tuple[Path | None, str | Non
     return path, meta.get("mlflow_run_id")
 
 
-def fit_task(cfg: DictConfig, task: Task, table: pd.DataFrame, loaders: dict, precision: Precision,
+def fit_task(cfg: DictConfig, task: Task, loaders: dict, precision: Precision,
              tracker, run_dir: Path, resume_from: Path | None, meta: dict[str, Any]) -> dict[str, Any]:
     """Train `task` on loaders['train'], validate on loaders['val'], write checkpoints and summary."""
     trainer_cfg = OmegaConf.to_container(cfg.trainer, resolve=True)
@@ -64,5 +62,3 @@ def fit_task(cfg: DictConfig, task: Task, table: pd.DataFrame, loaders: dict, pr
           f"{precision.device} {precision.name} | run dir {run_dir}", flush=True)
     return trainer.fit(loaders["train"], loaders["val"], resume_from=resume_from)
 
-
-__all__ = ["fit_task", "resume_point", "run_dir_from_hydra", "start_run_tracking", "finish_run"]

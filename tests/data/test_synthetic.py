@@ -12,7 +12,7 @@ from scipy import stats
 
 from cxrssl.data.schema import MetadataError, validate_table
 from cxrssl.data.sources.phantom import render_phantom
-from cxrssl.data.sources.synthetic import (MARKER, SyntheticSettings, default_root,
+from cxrssl.data.sources.synthetic import (MARKER, OWNER_MARKER, SyntheticSettings, default_root,
                                            generate_synthetic, load_synthetic_table, plan_dataset)
 
 TINY = {"n_patients": 6, "native_size": 64, "workers": 1, "seed": 0}
@@ -154,9 +154,30 @@ def test_foreign_or_mismatched_folder_is_refused(tmp_path):
     foreign = tmp_path / "mine"
     foreign.mkdir()
     (foreign / "notes.txt").write_text("keep me")
-    with pytest.raises(MetadataError, match="notes.txt"):
+    with pytest.raises(MetadataError, match="not created by cxrssl"):
         generate_synthetic(foreign, TINY, progress=False)
     assert (foreign / "notes.txt").exists()
+
+
+def test_user_folder_in_synthetic_layout_is_never_deleted(tmp_path):
+    """A user's data=csv folder has the synthetic layout (images/, masks/, metadata.csv): forgetting
+    data=csv must refuse, name data=csv, and leave every byte of it in place."""
+    user = tmp_path / "mydata"
+    (user / "images").mkdir(parents=True)
+    (user / "masks").mkdir()
+    (user / "images" / "REAL_PATIENT_0001.png").write_bytes(b"\x89PNG real pixels")
+    (user / "metadata.csv").write_text("image_id,path,patient_id\nA,images/REAL_PATIENT_0001.png,P1\n")
+    before = _files(user)
+    with pytest.raises(MetadataError, match="data=csv"):
+        generate_synthetic(user, TINY, progress=False)
+    assert _files(user) == before and sorted(p.name for p in user.iterdir()) == ["images", "masks", "metadata.csv"]
+
+
+def test_empty_folder_is_filled_and_owned(tmp_path):
+    root = tmp_path / "empty"
+    root.mkdir()
+    generate_synthetic(root, TINY, progress=False)
+    assert (root / OWNER_MARKER).is_file() and (root / MARKER).is_file()
 
 
 def test_cache_key_follows_output_settings(tmp_path, monkeypatch):

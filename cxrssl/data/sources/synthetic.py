@@ -30,12 +30,13 @@ from cxrssl.data.sources.phantom import Acquisition, Anatomy, render_phantom
 #: Bump when drawing or sampling changes, so cached sets are regenerated.
 GENERATOR_VERSION = 2
 MARKER = ".complete"
+#: Written first into every folder the generator creates: the only folders it ever deletes carry it.
+OWNER_MARKER = ".cxrssl-synthetic"
 NEGATIVE_CAP = 0.495  # drawn CTR ceiling for negatives (~1 px margin below 0.5 at 256 px)
 POSITIVE_FLOOR = 0.505
 AP_MAGNIFICATION = (1.10, 1.15)
 CSV_COLUMNS = ("image_id", "path", "patient_id", "age", "sex", "view", "cardiomegaly",
                "cardiomegaly_true", "ctr", "mask_path", "lung_mask_path")
-_LAYOUT = {"images", "masks", "metadata.csv", "generator.json", MARKER}
 
 
 @dataclass(frozen=True)
@@ -220,6 +221,7 @@ def _render_chunk(job: tuple[str, int, list[ImagePlan]]) -> list[dict]:
 def _write_dataset(folder: Path, settings: SyntheticSettings, progress: bool) -> None:
     from tqdm.auto import tqdm
 
+    (folder / OWNER_MARKER).write_text("created by cxrssl's synthetic generator; safe to delete\n")
     (folder / "images").mkdir()
     (folder / "masks").mkdir()
     plans = plan_dataset(settings)
@@ -257,6 +259,24 @@ def _is_complete(root: Path, key: str) -> bool:
     return True
 
 
+def _refuse_foreign(root: Path) -> None:
+    """Raise unless ``root`` is a folder this generator created (owner marker) or an empty folder.
+
+    Never guess from the layout: a user's ``data=csv`` folder has the same images/, masks/ and
+    metadata.csv as a synthetic set, and deleting it would destroy their data.
+    """
+    if not root.is_dir():
+        raise MetadataError(f"data.root {root} exists and is not a folder; choose a new or empty "
+                            f"folder for the synthetic set (data.root=null uses a cache folder)")
+    if (root / OWNER_MARKER).is_file() or not any(root.iterdir()):
+        return
+    raise MetadataError(
+        f"data.root {root} is not empty and was not created by cxrssl's synthetic generator, so it "
+        f"is left untouched. If it holds your own images, select their source: data=csv (or data=nih, "
+        f"data=chexpert, data=mimic) data.root={root}; for the synthetic set, use data.root=null or a "
+        f"new folder")
+
+
 def generate_synthetic(root: Path, cfg: Mapping[str, Any] | None, progress: bool = True) -> Path:
     """Generate the set into ``root`` unless it is already complete; return its metadata.csv.
 
@@ -268,12 +288,11 @@ def generate_synthetic(root: Path, cfg: Mapping[str, Any] | None, progress: bool
     if _is_complete(root, key):
         return root / "metadata.csv"
     if root.exists():
-        names = [p.name for p in root.iterdir()] if root.is_dir() else [root.name]
-        stray = sorted(set(names) - _LAYOUT)
-        if stray:
-            raise MetadataError(f"{root} exists but is not an unfinished synthetic set ({stray[:5]}); "
-                                f"choose an empty or new data.root")
-        shutil.rmtree(root)  # an interrupted generation: redo it
+        _refuse_foreign(root)
+        if (root / OWNER_MARKER).is_file():
+            shutil.rmtree(root)  # ours but unfinished: redo it
+        else:
+            root.rmdir()  # empty: the finished set is renamed into its place
     root.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.tmp-", dir=root.parent))
     try:

@@ -10,8 +10,48 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from cxrssl.models.safe_weights import UnsafeWeightsError, load_weights_file
+
 #: Values of `backbone.pretrained` that mean "random initialisation".
 _NO_WEIGHTS = (None, "", False, "none", "null", "random")
+
+#: `backbone.timm_kwargs` that may reach `timm.create_model`: architecture knobs only. Anything
+#: that makes timm read a file or the network (checkpoint_path, pretrained_cfg*, cache_dir,
+#: pretrained) is refused, so a checkpoint's embedded config cannot point timm's loader at a file.
+ALLOWED_TIMM_KWARGS = frozenset({
+    "drop_rate", "drop_path_rate", "drop_block_rate", "output_stride", "out_indices", "img_size",
+    "patch_size", "dynamic_img_size", "dynamic_img_pad", "global_pool", "num_classes", "zero_init_last",
+})
+
+
+def check_timm_kwargs(timm_kwargs: dict | None) -> dict:
+    """``timm_kwargs`` limited to ALLOWED_TIMM_KWARGS with plain scalar (or list-of-int) values."""
+    kwargs = dict(timm_kwargs or {})
+    refused = sorted(set(kwargs) - ALLOWED_TIMM_KWARGS)
+    if refused:
+        raise PretrainedWeightsError(
+            f"backbone.timm_kwargs: {refused} not allowed (allowed: {sorted(ALLOWED_TIMM_KWARGS)}); "
+            "weights are given with backbone.pretrained=<file>, never through timm's own loaders")
+    for key, value in kwargs.items():
+        plain = value is None or isinstance(value, (bool, int, float)) or (
+            isinstance(value, str) and len(value) <= 64) or (
+            isinstance(value, (list, tuple)) and len(value) <= 8 and all(isinstance(v, int) for v in value))
+        if not plain:
+            raise PretrainedWeightsError(f"backbone.timm_kwargs.{key}: {str(value)[:80]!r} is not a plain value")
+    return kwargs
+
+
+def check_backbone_name(name: str) -> str:
+    """A model name from timm's local registry; hub prefixes (`hf-hub:`, `timm/...`) are refused
+    because they would make timm fetch code or weights from the network."""
+    import timm
+
+    text = str(name)
+    if ":" in text or "/" in text or len(text) > 100 or not timm.is_model(text):
+        raise PretrainedWeightsError(
+            f"backbone.name={text[:100]!r} is not a timm architecture name from the local registry "
+            "(hub names such as hf-hub:... are not fetched); see conf/backbone/ or timm.list_models()")
+    return text
 
 
 class PretrainedWeightsError(ValueError):
@@ -30,11 +70,18 @@ class Encoder(nn.Module):
         super().__init__()
         import timm
 
-        self.name = name
-        kwargs = dict(features_only=True, in_chans=1, **timm_kwargs)
+        self.name = check_backbone_name(name)
+        kwargs = dict(features_only=True, in_chans=1, **check_timm_kwargs(timm_kwargs))
         weights = _local_weights(name, pretrained)
         if weights is not None:
-            kwargs.update(pretrained=True, pretrained_cfg_overlay=dict(file=str(weights)))
+            # cxrssl reads the file (weights_only / safetensors); timm only gets the tensors, then
+            # adapts the stem to 1 channel and drops the classifier as for its own weights.
+            try:
+                state = load_weights_file(weights)
+            except (UnsafeWeightsError, OSError) as err:
+                raise PretrainedWeightsError(f"backbone.pretrained={weights}: {err}") from err
+            kwargs.update(pretrained=True, pretrained_cfg_overlay=dict(
+                state_dict=state, file=None, url=None, hf_hub_id=None, source=""))
         try:
             self.net = timm.create_model(name, **kwargs)
         except RuntimeError as err:  # e.g. missing/unexpected keys in a local weights file

@@ -104,22 +104,22 @@ def backbone_option(timm_name: str) -> str:
 def load_classifier(ref: Any, tracking_uri: str | None = None,
                     device: str | torch.device = "cpu") -> tuple[Classifier, dict[str, Any]]:
     """A fine-tuned cardiomegaly checkpoint → (Classifier in eval mode, checkpoint dict sans weights)."""
+    from cxrssl.models.embedded_config import read_embedded_config, safe_meta
+
     path = resolve_ref(ref, tracking_uri)
     ckpt = load_checkpoint(path)
-    meta = ckpt.get("meta", {})
+    meta = safe_meta(ckpt.get("meta"), str(path))
     if meta.get("command") != "finetune":
         raise WeightsMismatchError(f"{path} is a {meta.get('command', 'unknown')} checkpoint "
                                    f"(pretext {meta.get('pretext')}); evaluate/explain/predict need a "
                                    "`cxrssl finetune` checkpoint")
-    from omegaconf import OmegaConf
-
-    trained = OmegaConf.create(ckpt.get("config") or "{}")
-    kwargs_cfg = trained.backbone.get("timm_kwargs") if "backbone" in trained else None
-    timm_kwargs = OmegaConf.to_container(kwargs_cfg) if kwargs_cfg else {}
+    # The embedded config is untrusted: only checked backbone/data keys survive (embedded_config).
+    trained = read_embedded_config(ckpt.get("config"), str(path))
+    timm_kwargs = trained.get("backbone", {}).get("timm_kwargs", {})
     model = Classifier(create_encoder(meta["backbone"], **timm_kwargs))
     state = {k: v for k, v in ckpt["model"].items() if k.startswith(("encoder.", "head."))}
     _strict_load(model, state, str(path))
     model.to(device).eval()
     info = {k: v for k, v in ckpt.items() if k not in ("model", "optimizer", "scheduler", "scaler", "rng")}
-    info["path"] = str(path)
+    info.update(path=str(path), meta=meta, config=trained)
     return model, info

@@ -12,6 +12,8 @@ from sklearn.metrics import precision_recall_curve, roc_curve
 
 from cxrssl.evaluation.metrics import as_arrays, ensure_two_classes
 
+#: Scores closer than this count as tied: rounding makes 3/10 - 1/10 differ from 5/10 - 3/10.
+TIE_TOLERANCE = 1e-9
 VALID_RULES = ("youden", "f1", "sensitivity@X", "specificity@X", "<number in [0, 1]>")
 
 
@@ -19,8 +21,9 @@ def choose_threshold(labels: Sequence[float], probs: Sequence[float], rule: str 
                      split: str = "data") -> float:
     """Threshold chosen by ``rule``.
 
-    * ``youden``: maximises sensitivity + specificity − 1 (highest threshold among ties);
-    * ``f1``: maximises F1 (highest threshold among ties);
+    * ``youden``: maximises sensitivity + specificity − 1 (highest threshold among ties, scores
+      within ``TIE_TOLERANCE`` being ties);
+    * ``f1``: maximises F1 (highest threshold among ties, likewise);
     * ``sensitivity@X``: the highest threshold whose sensitivity is ≥ X (e.g. ``sensitivity@0.9``);
     * ``specificity@X``: the lowest threshold whose specificity is ≥ X;
     * a float or a number string: that fixed threshold.
@@ -39,7 +42,7 @@ def choose_threshold(labels: Sequence[float], probs: Sequence[float], rule: str 
     fpr, tpr, thr = roc_curve(y, p, drop_intermediate=False)
     fpr, tpr, thr = fpr[1:], tpr[1:], thr[1:]  # drop sklearn's +inf "nothing positive" point
     if name == "youden":
-        return float(thr[np.argmax(tpr - fpr)])  # thresholds decrease: first max = highest
+        return float(thr[_first_best(tpr - fpr)])  # thresholds decrease: first best = highest
     target = _fraction(arg, rule)
     if name == "sensitivity":
         return float(thr[np.flatnonzero(tpr >= target - 1e-12)[0]])
@@ -54,7 +57,13 @@ def _best_f1(y: np.ndarray, p: np.ndarray) -> float:
     precision, recall = precision[:-1], recall[:-1]  # the last point has no threshold
     with np.errstate(invalid="ignore", divide="ignore"):
         f1 = np.nan_to_num(2 * precision * recall / (precision + recall))
-    return float(thr[len(f1) - 1 - np.argmax(f1[::-1])])  # thresholds increase: last max = highest
+    return float(thr[len(f1) - 1 - _first_best(f1[::-1])])  # thresholds increase: last best = highest
+
+
+def _first_best(score: np.ndarray) -> int:
+    """Index of the first score within ``TIE_TOLERANCE`` of the maximum (ties by tolerance, not
+    by floating-point accident, so the rule really returns the highest tied threshold)."""
+    return int(np.flatnonzero(score >= score.max() - TIE_TOLERANCE)[0])
 
 
 def _as_fixed(rule: str | float) -> float | None:

@@ -1,5 +1,10 @@
 """Decode one image file (PNG 8/16-bit, RGB/RGBA, JPEG, DICOM) into a 2-D float32 array in [0, 1].
 
+Dimensions are read from the file header and refused above ``data.max_pixels`` (default 50 MP,
+about twice the largest real chest radiograph) before anything is decoded: a 249 KB PNG may declare
+16000² pixels and a 70 KB deflated DICOM 6000². ``read_image_uint8`` (what the cache and the
+datasets use) converts to uint8 without a float copy of the full-size image.
+
 Every source funnels through ``read_image`` so that what the model sees does not depend on how a
 publisher chose to store pixels. Corrupt, truncated or missing files raise ``ImageReadError``
 naming the file, never a silent grey image.
@@ -19,6 +24,12 @@ _JPEG_SUFFIXES = (".jpg", ".jpeg", ".jpe")
 _UINT16_DEPTHS = (10, 12, 14, 16)
 
 
+#: Default for ``data.max_pixels``: width × height × frames a file may declare.
+DEFAULT_MAX_PIXELS = 50_000_000
+_LIMITS = {"max_pixels": DEFAULT_MAX_PIXELS}
+_DICOM_CHUNK_ROWS = 256
+
+
 class ImageReadError(OSError):
     """An image file could not be decoded; ``path`` and ``reason`` say which and why."""
 
@@ -28,14 +39,73 @@ class ImageReadError(OSError):
         super().__init__(f"cannot read image {self.path}: {reason}")
 
 
-def read_image(path: str | os.PathLike) -> np.ndarray:
+class ImageTooLargeError(ImageReadError):
+    """The header declares more pixels than ``data.max_pixels``; nothing was decoded."""
+
+
+def configure_limits(data_cfg) -> int:
+    """Apply ``data.max_pixels`` (process-wide, read by every decoder thread); returns it."""
+    value = data_cfg.get("max_pixels") if hasattr(data_cfg, "get") else None
+    limit = DEFAULT_MAX_PIXELS if value is None else int(value)
+    if limit < 1:
+        raise ImageReadError("data.max_pixels", f"must be a positive number of pixels, got {value}")
+    _LIMITS["max_pixels"] = limit
+    return limit
+
+
+def read_image(path: str | os.PathLike, max_pixels: int | None = None) -> np.ndarray:
     """Read ``path`` as a 2-D float32 array in [0, 1] (grayscale; colour and alpha dropped)."""
+    path, dicom = _checked(path, max_pixels)
+    return _read_dicom(path) if dicom else _scale_to_unit(path, _decode_raster(path))
+
+
+def _checked(path: str | os.PathLike, max_pixels: int | None) -> tuple[Path, bool]:
+    """(path, is DICOM) after the existence and header-size checks."""
     path = Path(path)
     if not path.is_file():
         raise ImageReadError(path, "file does not exist (check data.root and the CSV path column)")
-    if path.suffix.lower() in DICOM_SUFFIXES or _has_dicom_preamble(path):
-        return _read_dicom(path)
-    return _read_raster(path)
+    dicom = path.suffix.lower() in DICOM_SUFFIXES or _has_dicom_preamble(path)
+    check_dimensions(path, max_pixels, dicom)
+    return path, dicom
+
+
+def image_dimensions(path: str | os.PathLike, dicom: bool | None = None) -> tuple[int, int, int]:
+    """(width, height, frames) from the header only (PIL for rasters, pydicom without pixel data)."""
+    path = Path(path)
+    if dicom is None:
+        dicom = path.suffix.lower() in DICOM_SUFFIXES or _has_dicom_preamble(path)
+    if dicom:
+        import pydicom
+
+        try:
+            ds = pydicom.dcmread(path, stop_before_pixels=True)
+            return int(ds.Columns), int(ds.Rows), int(ds.get("NumberOfFrames") or 1)
+        except Exception as error:
+            raise ImageReadError(path, f"invalid DICOM header ({type(error).__name__}: {str(error)[:200]})") from error
+    with open(path, "rb") as handle:
+        head = handle.read(24)
+    if head.startswith(b"\x89PNG\r\n\x1a\n") and head[12:16] == b"IHDR":  # width, height: bytes 16-24
+        return int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big"), 1
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:  # parses the header; pixels are decoded only on load()
+            return int(image.size[0]), int(image.size[1]), int(getattr(image, "n_frames", 1) or 1)
+    except Image.DecompressionBombError as error:
+        raise ImageTooLargeError(path, f"header declares more than {Image.MAX_IMAGE_PIXELS:,} pixels, above "
+                                       "data.max_pixels; not decoded") from error
+    except Exception:  # a format PIL does not know: OpenCV may still; decode-time checks apply
+        return 0, 0, 1
+
+
+def check_dimensions(path: str | os.PathLike, max_pixels: int | None = None, dicom: bool | None = None) -> None:
+    """Refuse a file whose header declares more than ``max_pixels`` (default: data.max_pixels)."""
+    limit = _LIMITS["max_pixels"] if max_pixels is None else int(max_pixels)
+    width, height, frames = image_dimensions(path, dicom)
+    if width * height * frames > limit:
+        raise ImageTooLargeError(path, f"header declares {width}x{height}" + (f"x{frames} frames" if frames > 1 else "")
+                                 + f" = {width * height * frames:,} pixels, above data.max_pixels={limit:,}; "
+                                 "not decoded (raise data.max_pixels if this is a genuine image)")
 
 
 def quick_check(path: str | os.PathLike) -> str | None:
@@ -58,16 +128,27 @@ def quick_check(path: str | os.PathLike) -> str | None:
     return None
 
 
-def read_image_uint8(path: str | os.PathLike) -> np.ndarray:
-    """``read_image`` rounded to uint8: what equalisation and the cache work on."""
-    return to_uint8(read_image(path))
+def read_image_uint8(path: str | os.PathLike, max_pixels: int | None = None) -> np.ndarray:
+    """``read_image`` rounded to uint8 (what equalisation and the cache work on), computed without
+    a float copy of the full-size image: OpenCV scales 16-bit rasters straight to uint8 and DICOM
+    is converted a block of rows at a time."""
+    path, dicom = _checked(path, max_pixels)
+    if dicom:
+        return _read_dicom(path, uint8=True)
+    image = _decode_raster(path)
+    if image.dtype == np.uint8:
+        return image
+    if image.dtype == np.uint16:
+        depth = next(d for d in _UINT16_DEPTHS if int(image.max()) <= 2**d - 1)
+        return cv2.convertScaleAbs(image, alpha=255.0 / float(2**depth - 1))
+    return to_uint8(_scale_to_unit(path, image))
 
 
 def to_uint8(image: np.ndarray) -> np.ndarray:
     return np.clip(np.rint(image * 255.0), 0, 255).astype(np.uint8)
 
 
-def _read_raster(path: Path) -> np.ndarray:
+def _decode_raster(path: Path) -> np.ndarray:
     data = np.fromfile(path, dtype=np.uint8)
     if data.size == 0:
         raise ImageReadError(path, "file is empty")
@@ -75,10 +156,13 @@ def _read_raster(path: Path) -> np.ndarray:
     image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
     if image is None:
         raise ImageReadError(path, "not a decodable image (corrupt, truncated or unsupported format)")
+    if image.shape[0] * image.shape[1] > _LIMITS["max_pixels"]:
+        raise ImageTooLargeError(path, f"{image.shape[1]}x{image.shape[0]} pixels, above data.max_pixels="
+                                       f"{_LIMITS['max_pixels']:,}")
     if image.ndim == 3:
         code = {3: cv2.COLOR_BGR2GRAY, 4: cv2.COLOR_BGRA2GRAY}.get(image.shape[2])
         image = image[..., 0] if code is None else cv2.cvtColor(image, code)
-    return _scale_to_unit(path, image)
+    return image
 
 
 def _check_complete(path: Path, data: np.ndarray, head: bytes | None = None,
@@ -120,8 +204,10 @@ def _has_dicom_preamble(path: Path) -> bool:
         return handle.read(4) == b"DICM"
 
 
-def _read_dicom(path: Path) -> np.ndarray:
-    """Modality LUT (rescale slope/intercept), then VOI LUT or windowing, then MONOCHROME1 inverted."""
+def _read_dicom(path: Path, uint8: bool = False) -> np.ndarray:
+    """Modality LUT (rescale slope/intercept), then VOI LUT or windowing, then MONOCHROME1 inverted.
+
+    Done a block of rows at a time, so the float64 intermediates never hold the full-size image."""
     import pydicom
     from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
@@ -129,24 +215,40 @@ def _read_dicom(path: Path) -> np.ndarray:
         ds = pydicom.dcmread(path)
         pixels = ds.pixel_array
     except Exception as error:  # pydicom raises many types for broken files
-        raise ImageReadError(path, f"invalid DICOM ({type(error).__name__}: {error})") from error
+        raise ImageReadError(path, f"invalid DICOM ({type(error).__name__}: {str(error)[:300]})") from error
     if pixels.ndim == 3 and getattr(ds, "SamplesPerPixel", 1) > 1:
         raise ImageReadError(path, "colour DICOM is not a chest radiograph this tool supports")
     if pixels.ndim != 2:
         raise ImageReadError(path, f"expected one 2-D frame, got pixel array of shape {pixels.shape}")
-    values = np.asarray(apply_modality_lut(pixels, ds), dtype=np.float64)
+    blocks = [slice(i, i + _DICOM_CHUNK_ROWS) for i in range(0, pixels.shape[0], _DICOM_CHUNK_ROWS)]
+
+    def modality(block: slice) -> np.ndarray:
+        return np.asarray(apply_modality_lut(pixels[block], ds), dtype=np.float64)
+
+    windowed = "VOILUTSequence" in ds or ("WindowCenter" in ds and "WindowWidth" in ds)
     try:
-        if "VOILUTSequence" in ds or ("WindowCenter" in ds and "WindowWidth" in ds):
+        if windowed:
             low, high = _voi_output_range(ds)
-            values = np.asarray(apply_voi_lut(values, ds, index=0), dtype=np.float64)
-            image = np.clip((values - low) / max(high - low, 1e-12), 0.0, 1.0).astype(np.float32)
-        else:
-            image = _minmax(values)
+        else:  # per-image min-max, found in a first pass over the blocks
+            ranges = [(float(v.min()), float(v.max())) for v in map(modality, blocks)]
+            low, high = min(r[0] for r in ranges), max(r[1] for r in ranges)
+            if not np.isfinite(low) or not np.isfinite(high):
+                raise ValueError("non-finite pixel values")
+        invert = str(getattr(ds, "PhotometricInterpretation", "MONOCHROME2")).strip() == "MONOCHROME1"
+        out = np.empty(pixels.shape, np.uint8 if uint8 else np.float32)
+        for block in blocks:
+            values = modality(block)
+            if windowed:
+                values = np.asarray(apply_voi_lut(values, ds, index=0), dtype=np.float64)
+                unit = np.clip((values - low) / max(high - low, 1e-12), 0.0, 1.0)
+            else:
+                unit = np.zeros_like(values) if high <= low else (values - low) / (high - low)
+            if invert:
+                unit = 1.0 - unit
+            out[block] = to_uint8(unit) if uint8 else unit
     except ValueError as error:
         raise ImageReadError(path, f"bad VOI/pixel data ({error})") from error
-    if str(getattr(ds, "PhotometricInterpretation", "MONOCHROME2")).strip() == "MONOCHROME1":
-        image = 1.0 - image
-    return image
+    return out
 
 
 def _voi_output_range(ds) -> tuple[float, float]:

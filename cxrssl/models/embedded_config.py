@@ -102,10 +102,33 @@ DATA_KEYS: dict[str, Any] = {
 AUGMENT_KEYS = {"rotate_limit": _float(0, 180), "scale_limit": _float(0, 1), "brightness_contrast": _float(0, 1),
                 "hflip": _bool}
 CACHE_KEYS = {"enabled": _bool, "workers": _int(1, 64), "progress": _bool}
-SYNTHETIC_KEYS = {"n_patients": _int(1, 100_000), "images_per_patient": lambda k, v: [_int(1, 20)(k, x) for x in v]
-                  if isinstance(v, list) and len(v) == 2 else _int(1, 20)(k, v),
-                  "native_size": _int(16, 2048), "prevalence": _float(0, 1), "label_noise": _float(0, 0.5),
-                  "ap_fraction": _float(0, 1), "markers": _bool, "seed": _int(0, 2**31 - 1), "workers": _int(1, 64)}
+#: The synthetic generator's size knobs are bounded; its other knobs (shape, noise, sites ...) are
+#: accepted as plain short scalars, so a checkpoint regenerates the phantoms it was trained on.
+SYNTHETIC_BOUNDS = {"n_patients": _int(1, 100_000), "n_unlabelled_patients": lambda k, v: None if v is None
+                    else _int(0, 400_000)(k, v), "native_size": _int(16, 2048), "workers": _int(1, 64),
+                    "images_per_patient": lambda k, v: [_int(1, 20)(k, x) for x in v]
+                    if isinstance(v, list) and len(v) == 2 else _int(1, 20)(k, v)}
+
+
+def _plain(key: str, value: Any) -> Any:
+    ok = value is None or isinstance(value, bool) or (isinstance(value, (int, float)) and abs(value) <= 1e9) \
+        or (isinstance(value, str) and len(value) <= 64)
+    if isinstance(value, list) and len(value) <= 16:
+        return [_plain(key, v) for v in value]
+    if not ok:
+        raise EmbeddedConfigError(f"{key}={str(value)[:40]!r}: expected a short plain value")
+    return value
+
+
+class _Synthetic(dict):
+    def __contains__(self, key: object) -> bool:
+        return isinstance(key, str) and len(key) <= 64
+
+    def __getitem__(self, key: str):
+        return SYNTHETIC_BOUNDS.get(key, _plain)
+
+
+SYNTHETIC_KEYS = _Synthetic()
 
 
 def parse_config_text(text: Any, source: str = "checkpoint") -> dict:

@@ -32,6 +32,9 @@ def get_loader(name: str) -> Callable[[Any], pd.DataFrame]:
 
 def load_table(data_cfg: Mapping[str, Any] | Any) -> pd.DataFrame:
     """The metadata table of ``data_cfg.source`` (validated; report in ``table.attrs``)."""
+    from cxrssl.data.io import configure_limits
+
+    configure_limits(data_cfg)  # data.max_pixels, for every decoder that reads this table's images
     source = _get(data_cfg, "source")
     if not source:
         raise MetadataError("data.source is not set; pick one of " + ", ".join(sorted(SOURCES)))

@@ -10,7 +10,7 @@ import pytest
 from cxrssl.commands.inprocess import run_command
 
 DATA = ["backbone=tiny", "data.image_size=128", "data.synthetic.n_patients=200", "data.synthetic.native_size=128",
-        "data.num_workers=0", "trainer.progress=false"]
+        "data.synthetic.preset=easy", "data.num_workers=0", "trainer.progress=false"]
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ from cxrssl.engine.checkpoint import load_checkpoint
 from cxrssl.models.loading import WeightsMismatchError
 
 DATA = ["backbone=tiny", "data.image_size=64", "data.synthetic.n_patients=200", "data.synthetic.native_size=128",
-        "data.num_workers=0", "trainer.progress=false"]
+        "data.synthetic.preset=easy", "data.num_workers=0", "trainer.progress=false"]
 
 
 @pytest.fixture(scope="module")
@@ -93,7 +93,7 @@ def test_evaluate_refuses_a_one_class_split(store, finetuned):
     from cxrssl.evaluation import OneClassError
 
     with pytest.raises(OneClassError, match="test"):
-        run_command("evaluate", [*mlflow, *DATA[1:4], "data.synthetic.prevalence=0.0", "data.synthetic.label_noise=0.0",
+        run_command("evaluate", [*mlflow, *DATA[1:5], "data.synthetic.prevalence=0.0", "data.synthetic.label_noise=0.0",
                                  f"checkpoint={finetuned['checkpoints']['best']}", "evaluate.n_boot=50"],
                     run_dir=root / "ev_one_class")
 

@@ -26,17 +26,24 @@ import pandas as pd
 
 from cxrssl.data.schema import MetadataError
 from cxrssl.data.sources.phantom import Acquisition, Anatomy, render_phantom
+from cxrssl.data.sources.phantom_v2 import SITES, Findings
 
-#: Bump when drawing or sampling changes, so cached sets are regenerated.
-GENERATOR_VERSION = 2
+#: Bump when drawing or sampling changes, so cached sets are regenerated. ``easy`` keeps version 2
+#: (and its old settings hash), so its cached sets and bytes stay exactly what they were.
+GENERATOR_VERSION = 3
+EASY_VERSION = 2
+PRESETS = ("v2", "easy")
 MARKER = ".complete"
 #: Written first into every folder the generator creates: the only folders it ever deletes carry it.
 OWNER_MARKER = ".cxrssl-synthetic"
-NEGATIVE_CAP = 0.495  # drawn CTR ceiling for negatives (~1 px margin below 0.5 at 256 px)
-POSITIVE_FLOOR = 0.505
-AP_MAGNIFICATION = (1.10, 1.15)
 CSV_COLUMNS = ("image_id", "path", "patient_id", "age", "sex", "view", "cardiomegaly",
                "cardiomegaly_true", "ctr", "mask_path", "lung_mask_path")
+#: v2 adds the measured (AP-magnified) ratio, the site and what was drawn over the chest.
+V2_COLUMNS = (*CSV_COLUMNS[:9], "ctr_measured", "site", "effusion", "devices", *CSV_COLUMNS[9:])
+POOL_CSV = "pool.csv"  # the unlabelled pretraining pool: same columns, ``cardiomegaly`` empty
+#: Settings of the v2 preset that the easy preset ignores (kept out of its hash).
+V2_ONLY = ("preset", "n_unlabelled_patients", "site", "sites", "age_coupling", "sex_coupling",
+           "ap_confounding", "reader_noise", "reader_ap_correction", "devices")
 
 
 @dataclass(frozen=True)
@@ -46,11 +53,21 @@ class SyntheticSettings:
     images_per_patient: tuple[int, int] = (1, 4)
     native_size: int = 256
     prevalence: float = 0.25
-    label_noise: float = 0.02
+    label_noise: float | None = None  # null: 0.01 for v2 (on top of the reader), 0.02 for easy
     ap_fraction: float = 0.3
     markers: bool = True
     seed: int = 0
     workers: int = min(2, os.cpu_count() or 1)
+    preset: str = "v2"
+    n_unlabelled_patients: int | None = None  # null: 4 × n_patients for v2, 0 for easy
+    site: str | None = None  # null: patients spread over ``sites``; "A"/"B"/"C": that site only
+    sites: tuple[str, ...] = ("A", "B")
+    age_coupling: float = 0.1  # correlation of age with the latent severity that sets the CTR
+    sex_coupling: float = 0.035  # thorax width men − women (image widths; between-person sd 0.03)
+    ap_confounding: float = 0.6  # log-odds of an AP film per sd of (age + sickness)/2
+    reader_noise: float = 0.01  # sd of the reader's CTR estimate on PA films (× 2 on AP)
+    reader_ap_correction: float = 0.6  # share of AP magnification the reader discounts
+    devices: bool = True  # tubes, lines and pacemakers on sicker patients
 
     @classmethod
     def from_mapping(cls, cfg: Mapping[str, Any] | None) -> SyntheticSettings:
@@ -64,12 +81,18 @@ class SyntheticSettings:
             if "images_per_patient" in values:
                 low, high = (int(v) for v in values["images_per_patient"])
                 values["images_per_patient"] = (low, high)
-            for key in ("n_patients", "native_size", "seed", "workers"):
+            if "sites" in values:
+                values["sites"] = tuple(str(v) for v in values["sites"])
+            for key in ("n_patients", "native_size", "seed", "workers", "n_unlabelled_patients"):
                 if key in values:
                     values[key] = int(values[key])
-            for key in ("prevalence", "label_noise", "ap_fraction"):
+            for key in ("prevalence", "label_noise", "ap_fraction", "age_coupling", "sex_coupling",
+                        "ap_confounding", "reader_noise", "reader_ap_correction"):
                 if key in values:
                     values[key] = float(values[key])
+            for key in ("preset", "site"):
+                if key in values:
+                    values[key] = str(values[key])
         except (TypeError, ValueError) as error:
             raise MetadataError(f"data.synthetic: bad value ({error}); images_per_patient is "
                                 f"[min, max], counts are integers, fractions are numbers") from error
@@ -84,19 +107,49 @@ class SyntheticSettings:
             (not 1 <= low <= high, f"images_per_patient must be [min, max] with 1 <= min <= max, "
                                    f"got {list(self.images_per_patient)}"),
             (self.native_size < 32, f"native_size must be >= 32, got {self.native_size}"),
-            (self.workers < 1, f"workers must be >= 1, got {self.workers}")]
-        for key in ("prevalence", "label_noise", "ap_fraction"):
+            (self.workers < 1, f"workers must be >= 1, got {self.workers}"),
+            (self.preset not in PRESETS, f"preset must be one of {list(PRESETS)}, got {self.preset!r}"),
+            ((self.n_unlabelled_patients or 0) < 0,
+             f"n_unlabelled_patients must be >= 0 or null, got {self.n_unlabelled_patients}"),
+            (self.site is not None and self.site not in SITES,
+             f"site must be null or one of {sorted(SITES)}, got {self.site!r}"),
+            (not self.sites or any(x not in SITES for x in self.sites),
+             f"sites must be a non-empty list of {sorted(SITES)}, got {list(self.sites)}"),
+            (self.reader_noise < 0, f"reader_noise must be >= 0, got {self.reader_noise}")]
+        for key in ("prevalence", "label_noise", "ap_fraction", "reader_ap_correction"):
             value = getattr(self, key)
             problems.append((not 0.0 <= value <= 1.0, f"{key} must be in [0, 1], got {value}"))
         bad = [message for failed, message in problems if failed]
         if bad:
             raise MetadataError("data.synthetic: " + "; ".join(bad))
 
-    def key(self) -> str:
-        """Short hash of every setting that changes the output (``workers`` does not)."""
+    def __post_init__(self) -> None:
+        if self.label_noise is None:  # the preset's default; frozen, hence object.__setattr__
+            object.__setattr__(self, "label_noise", 0.02 if self.preset == "easy" else 0.01)
+
+    def unlabelled_patients(self) -> int:
+        if self.n_unlabelled_patients is not None:
+            return self.n_unlabelled_patients
+        return 4 * self.n_patients if self.preset == "v2" else 0
+
+    def record(self) -> dict[str, Any]:
+        """The settings that change the output (``workers`` does not); easy keeps its old record."""
         payload = dataclasses.asdict(self)
         payload.pop("workers")
-        payload["version"] = GENERATOR_VERSION
+        if self.preset == "easy":
+            pool = self.unlabelled_patients()
+            for name in V2_ONLY:
+                payload.pop(name)
+            if pool:
+                payload["n_unlabelled_patients"] = pool
+        else:
+            payload["sites"] = list(self.sites)
+        return payload
+
+    def key(self) -> str:
+        """Short hash of every setting that changes the output (``workers`` does not)."""
+        payload = self.record()
+        payload["version"] = EASY_VERSION if self.preset == "easy" else GENERATOR_VERSION
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:12]
 
 
@@ -106,6 +159,7 @@ class ImagePlan:
     patient_id: str
     anatomy: Anatomy
     acquisition: Acquisition
+    findings: Findings | None = None  # v2 only
 
 
 def default_root(settings: SyntheticSettings) -> Path:
@@ -114,87 +168,25 @@ def default_root(settings: SyntheticSettings) -> Path:
     return Path(cache).expanduser() / "synthetic" / settings.key()
 
 
-def _sample_anatomy(rng: np.random.Generator, age: int, sex: str, ctr: float) -> Anatomy:
-    old = (age - 18) / 72  # 0 at 18, 1 at 90
-    male = sex == "M"
-    aging = np.clip((age - 35) / 55, 0, 1)
-    return Anatomy(
-        sex=sex, age=float(age),
-        thorax_width=(0.72 if male else 0.64) + 0.03 * old + rng.normal(0, 0.018),
-        thorax_height=(0.55 if male else 0.51) + 0.03 * old + rng.normal(0, 0.012),
-        apex_y=0.12 + rng.normal(0, 0.008),
-        dome_height=0.07 - 0.03 * old + rng.normal(0, 0.006),
-        dome_asymmetry=0.02 + rng.normal(0, 0.006),
-        mediastinum_half=0.06 + 0.012 * old + rng.normal(0, 0.003),
-        heart_ctr=ctr, heart_height=0.13 + rng.normal(0, 0.012), heart_tilt=rng.uniform(18, 38),
-        bone_density=1.0 - (0.35 if male else 0.55) * aging + rng.normal(0, 0.04),
-        calcification=float(np.clip((age - 35) / 50, 0, 1) ** 1.3 * rng.uniform(0.7, 1.2)),
-        aortic_size=0.022 + 0.016 * old + rng.normal(0, 0.002),
-        breast_size=0.0 if male else rng.uniform(0.75, 1.25),
-        soft_tissue=0.05 + (0.01 if not male else 0.0) + rng.normal(0, 0.008))
+def _plan_easy(settings: SyntheticSettings) -> list[ImagePlan]:
+    from cxrssl.data.sources.synthetic_easy import plan_easy
+
+    return plan_easy(settings)
 
 
-def _sample_acquisition(rng: np.random.Generator, ap: bool, markers: bool) -> Acquisition:
-    letter = ("R" if rng.random() < 0.5 else "L") if markers and rng.random() < 0.75 else ""
-    return Acquisition(
-        view="AP" if ap else "PA",
-        heart_magnification=rng.uniform(*AP_MAGNIFICATION) if ap else 1.0,
-        rotation_deg=rng.uniform(-3, 3), shift_x=rng.normal(0, 0.012), shift_y=rng.normal(0, 0.012),
-        scale=rng.uniform(0.96, 1.03) * (1.03 if ap else 1.0),
-        inspiration=rng.normal(0, 0.01) - (0.025 if ap else 0.0),
-        exposure=rng.uniform(-0.07, 0.07), contrast=rng.uniform(0.85, 1.2),
-        gamma=rng.uniform(0.8, 1.25), noise=rng.uniform(0.004, 0.02), blur=rng.uniform(0.9, 1.7),
-        marker=letter, marker_corner=(0 if letter == "R" else 1) + 2 * int(rng.random() < 0.2),
-        label_box=bool(markers and rng.random() < 0.3), seed=int(rng.integers(2**63)))
+def plan_dataset(settings: SyntheticSettings, pool: bool = False) -> list[ImagePlan]:
+    """Every image's anatomy and acquisition, sampled in a fixed order from ``settings.seed``;
+    ``pool=True``: the unlabelled pool's (other patients, ids ``U…``)."""
+    if settings.preset == "v2":
+        from cxrssl.data.sources.synthetic_v2 import plan_cohort_v2
 
-
-def _choose_positive_patients(rng, ages: np.ndarray, counts: np.ndarray, prevalence: float):
-    """Age-weighted draw of patients (older = likelier) until their images reach the prevalence."""
-    weights = np.exp(0.6 * (ages - 52) / 17)
-    keys = rng.random(len(ages)) ** (1 / weights)  # Efraimidis-Spirakis weighted order
-    order = np.argsort(-keys, kind="stable")
-    reached = np.concatenate([[0], np.cumsum(counts[order])])
-    take = int(np.argmin(np.abs(reached - prevalence * counts.sum())))
-    positive = np.zeros(len(ages), bool)
-    positive[order[:take]] = True
-    return positive
-
-
-def plan_dataset(settings: SyntheticSettings) -> list[ImagePlan]:
-    """Every image's anatomy and acquisition, sampled in a fixed order from ``settings.seed``."""
-    from scipy.stats import truncnorm
-
-    s, rng = settings, np.random.default_rng([settings.seed, 0])
-    n = s.n_patients
-    ages = np.clip(np.round(rng.normal(52, 17, n)), 18, 90).astype(int)
-    sexes = np.where(rng.random(n) < 0.55, "M", "F")
-    counts = rng.integers(s.images_per_patient[0], s.images_per_patient[1] + 1, n)
-    positive = _choose_positive_patients(rng, ages, counts, s.prevalence)
-    plans: list[ImagePlan] = []
-    for i in range(n):
-        prng = np.random.default_rng([s.seed, 1, i])
-        ap = prng.random(counts[i]) < s.ap_fraction
-        acqs = [_sample_acquisition(prng, bool(v), s.markers) for v in ap]
-        worst = max(a.heart_magnification for a in acqs)
-        old = (ages[i] - 18) / 72
-        if positive[i]:
-            base = min(POSITIVE_FLOOR + 0.14 * prng.beta(1.2, 2.5) + 0.02 * old, 0.65)
-        else:  # mean 0.41 at 18 → 0.47 at 90, truncated so even the AP films stay negative
-            mean, upper = 0.41 + 0.06 * old, NEGATIVE_CAP / worst
-            base = truncnorm.rvs((0.34 - mean) / 0.03, (upper - mean) / 0.03, loc=mean,
-                                 scale=0.03, random_state=prng)
-        anatomy = _sample_anatomy(prng, int(ages[i]), str(sexes[i]), float(base))
-        patient_id = f"P{i:05d}"
-        for k, acq in enumerate(acqs):
-            ctr = base * (1 + prng.normal(0, 0.008))
-            cap = NEGATIVE_CAP / acq.heart_magnification
-            ctr = max(ctr, POSITIVE_FLOOR) if positive[i] else min(ctr, cap)
-            drift = dataclasses.replace(
-                anatomy, heart_ctr=float(ctr),
-                thorax_width=anatomy.thorax_width * (1 + prng.normal(0, 0.006)),
-                heart_height=anatomy.heart_height * (1 + prng.normal(0, 0.01)))
-            plans.append(ImagePlan(f"{patient_id}_{k}", patient_id, drift, acq))
-    return plans
+        return plan_cohort_v2(settings, pool)
+    if pool:  # easy pool: the same generator on another random stream, other patient ids
+        seed = int(np.random.default_rng([settings.seed, 10]).integers(2**31))
+        shifted = dataclasses.replace(settings, seed=seed, n_patients=settings.unlabelled_patients())
+        return [dataclasses.replace(p, image_id="U" + p.image_id[1:], patient_id="U" + p.patient_id[1:])
+                for p in _plan_easy(shifted)]
+    return _plan_easy(settings)
 
 
 def _render_chunk(job: tuple[str, int, list[ImagePlan]]) -> list[dict]:
@@ -204,7 +196,12 @@ def _render_chunk(job: tuple[str, int, list[ImagePlan]]) -> list[dict]:
     folder, size, plans = job
     rows, png = [], [cv2.IMWRITE_PNG_COMPRESSION, 3]
     for plan in plans:
-        phantom = render_phantom(plan.anatomy, plan.acquisition, size)
+        if plan.findings is not None:
+            from cxrssl.data.sources.phantom_v2 import render_phantom_v2
+
+            phantom = render_phantom_v2(plan.anatomy, plan.acquisition, plan.findings, size)
+        else:
+            phantom = render_phantom(plan.anatomy, plan.acquisition, size)
         paths = (f"images/{plan.image_id}.png", f"masks/{plan.image_id}_heart.png",
                  f"masks/{plan.image_id}_lungs.png")
         for rel, array in zip(paths, (phantom.image, phantom.heart, phantom.lungs)):
@@ -215,7 +212,27 @@ def _render_chunk(job: tuple[str, int, list[ImagePlan]]) -> list[dict]:
                      "age": int(a.age), "sex": a.sex, "view": plan.acquisition.view,
                      "cardiomegaly_true": int(phantom.ctr > 0.5), "ctr": round(phantom.ctr, 6),
                      "mask_path": paths[1], "lung_mask_path": paths[2]})
+        if plan.findings is not None:  # v2: the truth is the PA-equivalent ratio
+            f, magnification = plan.findings, plan.acquisition.heart_magnification
+            true = phantom.ctr / magnification
+            rows[-1].update(ctr=round(true, 6), cardiomegaly_true=int(true > 0.5),
+                            ctr_measured=round(phantom.ctr, 6), site=f.site, effusion=int(f.effusion > 0),
+                            devices="+".join(n for n in ("tube", "line", "pacemaker") if getattr(f, n)),
+                            magnification=magnification)
     return rows
+
+
+def _render_all(folder: Path, settings: SyntheticSettings, plans: list[ImagePlan], bar) -> pd.DataFrame:
+    from cxrssl.data.parallel import ordered_map
+
+    workers = min(settings.workers, max(1, len(plans) // 20))  # tiny sets: no pool start-up
+    size = max(1, math.ceil(len(plans) / (workers * 8)))
+    jobs = [(str(folder), settings.native_size, plans[i:i + size]) for i in range(0, len(plans), size)]
+    rows: list[dict] = []
+    for chunk in ordered_map(_render_chunk, jobs, workers, in_flight=2 * workers):
+        rows += chunk
+        bar.update(len(chunk))
+    return pd.DataFrame(rows)
 
 
 def _write_dataset(folder: Path, settings: SyntheticSettings, progress: bool) -> None:
@@ -225,24 +242,29 @@ def _write_dataset(folder: Path, settings: SyntheticSettings, progress: bool) ->
     (folder / "images").mkdir()
     (folder / "masks").mkdir()
     plans = plan_dataset(settings)
-    workers = min(settings.workers, max(1, len(plans) // 20))  # tiny sets: no pool start-up
-    size = max(1, math.ceil(len(plans) / (workers * 8)))
-    jobs = [(str(folder), settings.native_size, plans[i:i + size]) for i in range(0, len(plans), size)]
-    rows: list[dict] = []
-    with tqdm(total=len(plans), desc="synthetic CXR", unit="img", disable=not progress) as bar:
-        from cxrssl.data.parallel import ordered_map
+    pool_plans = plan_dataset(settings, pool=True) if settings.unlabelled_patients() else []
+    total = len(plans) + len(pool_plans)
+    with tqdm(total=total, desc="synthetic CXR", unit="img", disable=not progress) as bar:
+        table = _render_all(folder, settings, plans, bar)
+        pool = _render_all(folder, settings, pool_plans, bar) if pool_plans else None
+    v2 = settings.preset == "v2"
+    if v2:
+        from cxrssl.data.sources.synthetic_v2 import reader_labels
 
-        for chunk in ordered_map(_render_chunk, jobs, workers, in_flight=2 * workers):
-            rows += chunk
-            bar.update(len(chunk))
-    table = pd.DataFrame(rows)
-    flip_rng = np.random.default_rng([settings.seed, 2])
-    flipped = np.zeros(len(table), bool)
-    flipped[flip_rng.choice(len(table), round(settings.label_noise * len(table)), replace=False)] = True
-    table["cardiomegaly"] = np.where(flipped, 1 - table["cardiomegaly_true"], table["cardiomegaly_true"])
-    table[list(CSV_COLUMNS)].to_csv(folder / "metadata.csv", index=False, lineterminator="\n")
-    record = {"key": settings.key(), "version": GENERATOR_VERSION, **dataclasses.asdict(settings)}
-    record.pop("workers")
+        table["cardiomegaly"] = reader_labels(table["ctr"].to_numpy(), table["magnification"].to_numpy(),
+                                              table["view"].eq("AP").to_numpy(), settings)
+    else:
+        flip_rng = np.random.default_rng([settings.seed, 2])
+        flipped = np.zeros(len(table), bool)
+        flipped[flip_rng.choice(len(table), round(settings.label_noise * len(table)), replace=False)] = True
+        table["cardiomegaly"] = np.where(flipped, 1 - table["cardiomegaly_true"], table["cardiomegaly_true"])
+    columns = list(V2_COLUMNS if v2 else CSV_COLUMNS)
+    table[columns].to_csv(folder / "metadata.csv", index=False, lineterminator="\n")
+    if pool is not None:
+        pool["cardiomegaly"] = np.nan  # unlabelled: the truth stays in ctr / cardiomegaly_true
+        pool[columns].to_csv(folder / POOL_CSV, index=False, lineterminator="\n")
+    record = {"key": settings.key(), "version": EASY_VERSION if not v2 else GENERATOR_VERSION,
+              **settings.record()}
     (folder / "generator.json").write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
     (folder / MARKER).write_text(settings.key() + "\n")  # last: its presence means complete
 
@@ -316,6 +338,27 @@ def load_synthetic_table(data_cfg: Mapping[str, Any] | Any) -> pd.DataFrame:
     csv_path = generate_synthetic(Path(str(root)), synthetic, progress=True)
     table = load_csv_table(csv_path, Path(str(root)).expanduser(),
                            on_error=str(data_cfg.get("on_error") or "raise"))
-    table["ctr"] = pd.to_numeric(table["ctr"])
+    return _numeric_truth(table)
+
+
+def _numeric_truth(table: pd.DataFrame) -> pd.DataFrame:
+    for column in ("ctr", "ctr_measured"):
+        if column in table.columns:
+            table[column] = pd.to_numeric(table[column])
     table["cardiomegaly_true"] = pd.to_numeric(table["cardiomegaly_true"]).astype("float64")
     return table
+
+
+def load_synthetic_pool(data_cfg: Mapping[str, Any] | Any) -> pd.DataFrame | None:
+    """The unlabelled pretraining pool (``pool.csv``) of the set ``data_cfg`` names, or None when it
+    has none. Patients are disjoint from the labelled cohort by construction (ids ``U…``)."""
+    from cxrssl.data.sources.csv import load_csv_table
+
+    synthetic = data_cfg.get("synthetic") or {}
+    root = Path(str(data_cfg.get("root") or default_root(SyntheticSettings.from_mapping(synthetic))))
+    generate_synthetic(root, synthetic, progress=True)
+    if not (root.expanduser() / POOL_CSV).is_file():
+        return None
+    pool = load_csv_table(root.expanduser() / POOL_CSV, root.expanduser(),
+                          on_error=str(data_cfg.get("on_error") or "raise"))
+    return _numeric_truth(pool)

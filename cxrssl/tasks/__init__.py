@@ -9,6 +9,8 @@ from cxrssl.models import create_encoder
 from cxrssl.tasks.base import Task
 
 PRETEXTS = ("age", "sex", "recon")
+#: Self-supervised methods built through `cxrssl.tasks.registry` from their `task:` config node.
+SSL_PRETEXTS = ("simclr", "moco", "byol", "dino", "mae")
 
 
 def build_encoder(backbone_cfg: Mapping):
@@ -20,6 +22,10 @@ def build_pretext_task(pretext_cfg: Mapping, backbone_cfg: Mapping, train_table:
     """`train_table` supplies statistics a task needs (e.g. the mean training age)."""
     name = pretext_cfg["name"]
     encoder = build_encoder(backbone_cfg)
+    from cxrssl.tasks.registry import build_registered_task, is_registered
+
+    if is_registered(pretext_cfg):
+        return build_registered_task(pretext_cfg, encoder)
     if name == "age":
         from cxrssl.tasks.age import AgeTask
 
@@ -43,7 +49,7 @@ def build_pretext_task(pretext_cfg: Mapping, backbone_cfg: Mapping, train_table:
                          patch_size=pretext_cfg.get("patch_size", 8),
                          ignore_zero=pretext_cfg.get("ignore_zero", False),
                          decoder_width=pretext_cfg.get("decoder_width", 64))
-    raise ValueError(f"pretext.name={name!r}: expected one of {PRETEXTS}")
+    raise ValueError(f"pretext.name={name!r}: expected one of {PRETEXTS + SSL_PRETEXTS}")
 
 
-__all__ = ["Task", "PRETEXTS", "build_encoder", "build_pretext_task"]
+__all__ = ["Task", "PRETEXTS", "SSL_PRETEXTS", "build_encoder", "build_pretext_task"]

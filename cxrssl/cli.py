@@ -3,12 +3,19 @@
 Each command keeps Hydra's whole CLI (overrides, -m, --cfg, --info, --help, shell completion)
 because we hand the remaining argv to a real `hydra.main` with `conf/<command>.yaml` as primary
 config. Only the dispatch happens here; heavy imports wait until a command runs.
+
+Errors the user can fix (:class:`cxrssl.errors.UserError`: bad rows, unreadable images, a wrong
+checkpoint, impossible config values, an unreachable tracking server ...) end the command with
+one line, ``cxrssl <command>: error: <message>``, and exit status 2; any other exception is a bug
+and keeps Hydra's traceback. ``HYDRA_FULL_ERROR=1`` shows the traceback for both.
 """
 from __future__ import annotations
 
 import sys
 from importlib import import_module
 from pathlib import Path
+
+from cxrssl.errors import UserError
 
 COMMANDS = {
     "pretrain": "self-supervised pretraining on a pretext task (pretext=age|sex|recon)",
@@ -91,13 +98,41 @@ def main(argv: list[str] | None = None) -> int | None:
     import hydra
 
     def task_function(cfg):
-        return import_module(f"cxrssl.commands.{command}").run(cfg)
+        try:
+            return import_module(f"cxrssl.commands.{command}").run(cfg)
+        except UserError as error:
+            if _full_error():
+                raise
+            # SystemExit passes through Hydra's job runner and its traceback printer untouched.
+            raise _UserExit(f"cxrssl {command}: error: {error}") from None
 
     task_function.__module__ = f"cxrssl.commands.{command}"
     app = hydra.main(config_path=str(config_dir()), config_name=command, version_base="1.3")(task_function)
     sys.argv = [sys.argv[0], *argv[1:]]  # Hydra parses sys.argv[1:]
-    app()
+    try:
+        app()
+    except _UserExit as stop:
+        print(stop.message, file=sys.stderr, flush=True)
+        return USER_ERROR_STATUS
     return 0
+
+
+USER_ERROR_STATUS = 2
+
+
+class _UserExit(SystemExit):
+    """Carries a :class:`UserError`'s one clean message from inside the Hydra job to `main`."""
+
+    def __init__(self, message: str):
+        super().__init__(USER_ERROR_STATUS)
+        self.message = message
+
+
+def _full_error() -> bool:
+    """`HYDRA_FULL_ERROR=1`: tracebacks for user errors too (Hydra's own switch, so one knob)."""
+    import os
+
+    return os.environ.get("HYDRA_FULL_ERROR", "") not in ("", "0")
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """Where runs live in the MLflow store: experiments, sweep parents, references to earlier runs.
 
-Split from :mod:`cxrssl.tracking` (which re-exports the public names) to keep both small.
+Split from :mod:`cxrssl.tracking` (which re-exports the public names) to keep both small; both
+import the store basics from :mod:`cxrssl.tracking_store`, never each other.
 
 Every job of a ``--multirun`` sweep becomes a child run nested under a parent run named
 ``sweep-<sweep_id>``; all of them carry the tag ``sweep_id``. After each child ends,
@@ -21,12 +22,14 @@ mlflow is imported inside functions only: this module sits on the CLI start-up p
 
 from __future__ import annotations
 
-import contextlib
 import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator, Literal
+from typing import TYPE_CHECKING, Any, Literal
+
+from cxrssl.errors import InputNotFound
+from cxrssl.tracking_store import TrackingUnavailable, original_cwd, resolve_tracking_uri, sqlite_db_path, store_lock
 
 if TYPE_CHECKING:  # pragma: no cover
     from mlflow import MlflowClient
@@ -93,41 +96,6 @@ def child_run_name(base_name: str, sweep: SweepInfo | None) -> str:
         if suffix not in name:
             name = f"{name} {suffix}"
     return name[:MAX_RUN_NAME_LENGTH]
-
-
-@contextlib.contextmanager
-def store_lock(db_path: Path | None) -> Iterator[None]:
-    """Serialise store set-up between processes sharing one sqlite file (parallel launchers).
-
-    ``db_path`` None (remote store) takes no lock; :func:`get_or_create_sweep_parent`
-    copes with races there.
-    """
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - not POSIX
-        fcntl = None  # type: ignore[assignment]
-    if db_path is None or fcntl is None:
-        yield
-        return
-    lock_path = db_path.with_name(db_path.name + ".lock")
-    lock_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock_path, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-class TrackingUnavailable(RuntimeError):
-    """The configured tracking store cannot be used; raised before any training starts."""
-
-
-def sqlite_db_path(tracking_uri: str) -> Path | None:
-    """Database file of a resolved ``sqlite:////abs/path.db`` URI, else None."""
-    if not tracking_uri.startswith("sqlite:///"):
-        return None
-    return Path(tracking_uri[len("sqlite:///") :].partition("?")[0])
 
 
 def artifact_location_for(configured: str | None, tracking_uri: str, base_dir: Path) -> str | None:
@@ -205,18 +173,33 @@ def _is_better(value: float, best: float | None, mode: str) -> bool:
 def update_sweep_parent(tracker: Any, monitor: str, mode: Literal["min", "max"]) -> tuple[str, float] | None:
     """Write the best child (by its final ``monitor`` value) onto the sweep's parent run.
 
-    Children considered: FINISHED ones plus ``tracker``'s own run (so it may be called
-    just before or just after ``tracker.end()``). "Final" is MLflow's latest value of the
-    metric; log a ``best/...`` metric in the child and pass that key to rank by best epoch.
-    Returns ``(best_run_id, best_value)``, or None for a NullTracker, a run outside a sweep,
-    or when no child has a finite ``monitor`` value yet.
+    Children considered: every child that is not FAILED/KILLED and has logged ``monitor`` (a child
+    logs its ``best/...`` metric when its training is done, before its run ends), plus
+    ``tracker``'s own run. "Final" is MLflow's latest value of the metric.
+
+    Concurrent jobs (parallel launchers) each log their own metric first and then read-and-write
+    the parent under the store lock, so whichever job comes second sees the first one's value:
+    no lost update. (A remote store has no lock across machines; there the last writer wins.)
+    Returns ``(best_run_id, best_value)``, or None for a NullTracker, a run outside a sweep, an
+    offline tracker, or when no child has a finite ``monitor`` value yet.
     """
     if mode not in ("min", "max"):
         raise ValueError(f"mode must be 'min' or 'max', got {mode!r}")
     parent_id = getattr(tracker, "parent_run_id", None)
     client = getattr(tracker, "client", None)
-    if parent_id is None or client is None:
+    if parent_id is None or client is None or getattr(tracker, "offline", None) is not None:
         return None
+    try:
+        with store_lock(sqlite_db_path(str(tracker.tracking_uri or ""))):
+            return _write_best(client, tracker, parent_id, monitor, mode)
+    except Exception as error:  # the parent's "best" is a convenience: never fail a finished run over it
+        import logging
+
+        logging.getLogger(__name__).warning("could not update sweep parent %s: %s", parent_id, error)
+        return None
+
+
+def _write_best(client: Any, tracker: Any, parent_id: str, monitor: str, mode: str) -> tuple[str, float] | None:
     from mlflow.entities import Metric, RunTag
 
     children = client.search_runs(
@@ -227,7 +210,7 @@ def update_sweep_parent(tracker: Any, monitor: str, mode: Literal["min", "max"])
     best_value: float | None = None
     best_run = None
     for run in children:
-        if run.info.status != "FINISHED" and run.info.run_id != tracker.run_id:
+        if run.info.status in ("FAILED", "KILLED") and run.info.run_id != tracker.run_id:
             continue
         value = run.data.metrics.get(monitor)
         if value is None or not math.isfinite(value):
@@ -248,16 +231,6 @@ def update_sweep_parent(tracker: Any, monitor: str, mode: Literal["min", "max"])
         ],
     )
     return best_run.info.run_id, best_value
-
-
-def original_cwd() -> Path:
-    """The directory the command was started in, even if Hydra changed into its run dir."""
-    try:
-        from hydra.core.hydra_config import HydraConfig
-
-        return Path(HydraConfig.get().runtime.cwd)
-    except (ImportError, ValueError):
-        return Path.cwd()
 
 
 def _parse_run_ref(ref: str, artifact_path: str) -> tuple[str, str]:
@@ -281,23 +254,21 @@ def resolve_run_artifact(
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
-    from cxrssl.tracking import resolve_tracking_uri  # lazy: tracking imports this module
-
     run_id, path = _parse_run_ref(ref, artifact_path)
     uri = resolve_tracking_uri(tracking_uri, original_cwd())
     client = MlflowClient(tracking_uri=uri)
     try:
         run = client.get_run(run_id)
     except MlflowException as err:
-        raise FileNotFoundError(f"MLflow run {run_id!r} (from {ref!r}) not found in {uri}: {err.message}") from err
+        raise InputNotFound(f"MLflow run {run_id!r} (from {ref!r}) not found in {uri}: {err.message}") from err
 
-    def missing() -> FileNotFoundError:
+    def missing() -> InputNotFound:
         available: list[str] = []
         pending = [None]
         while pending and len(available) < 200:
             for info in client.list_artifacts(run_id, pending.pop()):
                 (pending if info.is_dir else available).append(info.path)
-        return FileNotFoundError(
+        return InputNotFound(
             f"MLflow run {run_id} has no artifact {path!r}; available: {sorted(available) or 'none'}"
         )
 

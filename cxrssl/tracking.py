@@ -98,14 +98,16 @@ def check_reachable(uri: str, timeout_s: float = 10.0) -> None:
         "sqlite:///mlflow.db`), or log locally with mlflow.tracking_uri=sqlite:///mlflow.db, "
         "or turn tracking off with mlflow.enabled=false."
     )
-    db_path = sqlite_db_path(uri)
+    from cxrssl.tracking_security import redact_uri
+
+    db_path, shown = sqlite_db_path(uri), redact_uri(uri)  # never print user:password@
     if db_path is not None:
         try:
             db_path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as err:
-            raise TrackingUnavailable(f"cannot create the folder of tracking database {uri}: {err}. {advice}") from err
+            raise TrackingUnavailable(f"cannot create the folder of tracking database {shown}: {err}. {advice}") from err
         if not os.access(db_path.parent, os.W_OK):
-            raise TrackingUnavailable(f"folder of tracking database {uri} is not writable. {advice}")
+            raise TrackingUnavailable(f"folder of tracking database {shown} is not writable. {advice}")
         return
     if not uri.startswith(("http://", "https://")):
         return
@@ -122,15 +124,15 @@ def check_reachable(uri: str, timeout_s: float = 10.0) -> None:
         except (urllib.error.URLError, OSError) as err:
             reason = getattr(err, "reason", err)
             raise TrackingUnavailable(
-                f"MLflow tracking server {uri} is not reachable ({reason}; timeout {timeout_s:g} s). {advice}"
+                f"MLflow tracking server {shown} is not reachable ({reason}; timeout {timeout_s:g} s). {advice}"
             ) from err
     if status in (401, 403):
         raise TrackingUnavailable(
-            f"MLflow tracking server {uri} refused access (HTTP {status}); set MLFLOW_TRACKING_USERNAME/"
+            f"MLflow tracking server {shown} refused access (HTTP {status}); set MLFLOW_TRACKING_USERNAME/"
             "MLFLOW_TRACKING_PASSWORD or MLFLOW_TRACKING_TOKEN."
         )
     raise TrackingUnavailable(
-        f"{uri} answered HTTP {status} on /health and the experiments API; is it an MLflow tracking server? {advice}"
+        f"{shown} answered HTTP {status} on /health and the experiments API; is it an MLflow tracking server? {advice}"
     )
 
 
@@ -341,7 +343,9 @@ def start_tracking(
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
-    client = MlflowClient(tracking_uri=uri)
+    from cxrssl.tracking_security import open_store, redact_uri
+
+    client = open_store(uri)  # sqlite: created 0600 and migrated under the store lock
     all_tags: dict[str, Any] = {"command": command, **dict(mlflow_cfg.get("tags") or {}), **dict(tags)}
     commit = _git_commit(Path.cwd())
     if commit:
@@ -367,7 +371,7 @@ def start_tracking(
             run_id, experiment_id = previous.info.run_id, previous.info.experiment_id
             client.update_run(run_id, status="RUNNING")
         else:
-            log.warning("MLflow run %s not found in %s; starting a new run", resume_run_id, uri)
+            log.warning("MLflow run %s not found in %s; starting a new run", resume_run_id, redact_uri(uri))
             all_tags["resumed_from"] = resume_run_id
     if run_id is None:
         run_id = client.create_run(experiment_id, run_name=child_run_name(base_name, sweep)).info.run_id
@@ -378,5 +382,5 @@ def start_tracking(
     except BaseException:
         tracker.end("FAILED")
         raise
-    log.info("MLflow run %s in experiment %s at %s", run_id, experiment_id, uri)
+    log.info("MLflow run %s in experiment %s at %s", run_id, experiment_id, redact_uri(uri))
     return tracker

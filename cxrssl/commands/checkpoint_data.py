@@ -5,6 +5,8 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from cxrssl.errors import ConfigError
+
 
 def data_overrides() -> list[str]:
     """The `data...` overrides given on the command line (empty outside Hydra)."""
@@ -51,6 +53,9 @@ def load_model_and_data(cfg: DictConfig) -> tuple[Any, dict, DictConfig]:
         data_cfg.image_size = int(size)
     with open_dict(cfg):
         cfg.data = data_cfg
+    from cxrssl.commands.validation import check_data
+
+    check_data(cfg)  # the data config really used (the checkpoint's, with overrides)
     return model, info, data_cfg
 
 
@@ -60,7 +65,7 @@ def saved_threshold(info: dict, override) -> float:
         return float(override)
     meta = info.get("meta", {})
     if "threshold" not in meta:
-        raise ValueError(f"{info['path']} has no saved decision threshold (did finetune finish?); "
+        raise ConfigError(f"{info['path']} has no saved decision threshold (did finetune finish?); "
                          "pass one explicitly, e.g. evaluate.threshold=youden, explain.threshold=0.5, predict.threshold=0.5")
     return float(meta["threshold"])
 
@@ -79,7 +84,7 @@ def predict_split(model, table, data_cfg, split: str, precision, seed: int):
 
     rows = table[table["split"] == split]
     if rows.empty:
-        raise ValueError(f"data.split={split}: no images in that split (splits present: "
+        raise ConfigError(f"data.split={split}: no images in that split (splits present: "
                          f"{sorted(table['split'].dropna().unique())})")
     loader = build_dataloaders(data_cfg, rows, seed=seed, splits=(split,))[split]
     return predictions_table(rows, predict_probabilities(model, loader, precision, split)), loader

@@ -7,6 +7,7 @@ from omegaconf import DictConfig
 
 from cxrssl.commands.checkpoint_data import checkpoint_tags, load_model_and_data, predict_split, saved_threshold
 from cxrssl.commands.report import finish_run, run_dir_from_hydra, start_run_tracking
+from cxrssl.commands.validation import check_config
 
 
 def _threshold(cfg: DictConfig, info: dict, model, table, data_cfg, precision) -> tuple[float, str]:
@@ -32,6 +33,7 @@ def run(cfg: DictConfig) -> float | None:
     from cxrssl.engine.precision import resolve_precision
     from cxrssl.evaluation import evaluate_predictions, format_terminal_table
 
+    check_config(cfg)  # impossible values fail here, in well under a second
     run_dir = run_dir_from_hydra()
     model, info, data_cfg = load_model_and_data(cfg)
     split = str(data_cfg.get("split", "test"))

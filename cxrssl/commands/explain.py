@@ -8,6 +8,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from cxrssl.commands.checkpoint_data import checkpoint_tags, load_model_and_data, predict_split, saved_threshold
 from cxrssl.commands.report import finish_run, run_dir_from_hydra, start_run_tracking
+from cxrssl.commands.validation import check_config
 
 
 def run(cfg: DictConfig) -> dict:
@@ -16,6 +17,7 @@ def run(cfg: DictConfig) -> dict:
     from cxrssl.engine.precision import resolve_precision
     from cxrssl.explain import run_explanations
 
+    check_config(cfg)  # impossible values fail here, in well under a second
     run_dir = run_dir_from_hydra()
     model, info, data_cfg = load_model_and_data(cfg)
     ex = cfg.explain

@@ -6,9 +6,11 @@ from omegaconf import DictConfig, OmegaConf
 
 from cxrssl.commands.report import finish_run, run_dir_from_hydra, start_run_tracking
 from cxrssl.commands.training import fit_task, resume_point
+from cxrssl.commands.validation import check_config
 from cxrssl.engine.checkpoint import load_checkpoint, save_checkpoint
 from cxrssl.engine.precision import resolve_precision
 from cxrssl.engine.seed import seed_everything
+from cxrssl.errors import ConfigError
 
 
 def finetune_table(table: pd.DataFrame, label_fraction: float, seed: int) -> pd.DataFrame:
@@ -19,13 +21,13 @@ def finetune_table(table: pd.DataFrame, label_fraction: float, seed: int) -> pd.
     labelled = table[table["cardiomegaly"].notna()]
     train = labelled[labelled["split"] == "train"]
     if not 0 < label_fraction <= 1:
-        raise ValueError(f"data.label_fraction={label_fraction}: must be in (0, 1]")
+        raise ConfigError(f"data.label_fraction={label_fraction}: must be in (0, 1]")
     if label_fraction < 1:
         train = label_subset(train, label_fraction, seed)
     for split, rows in (("train", train), ("val", labelled[labelled["split"] == "val"])):
         classes = sorted(rows["cardiomegaly"].unique())
         if len(classes) < 2:
-            raise ValueError(f"finetune: the {split} split has {len(rows)} labelled images of class(es) {classes}; "
+            raise ConfigError(f"finetune: the {split} split has {len(rows)} labelled images of class(es) {classes}; "
                              "both classes are needed (raise data.label_fraction or data.val_fraction)")
     return pd.concat([train, labelled[labelled["split"] != "train"]])
 
@@ -46,6 +48,7 @@ def run(cfg: DictConfig) -> float | None:
     from cxrssl.tasks.cardiomegaly import CardiomegalyTask
     from cxrssl.tasks.imbalance import build_imbalance
 
+    check_config(cfg)  # impossible values fail here, in well under a second
     run_dir = run_dir_from_hydra()
     resume_from, resume_run_id = resume_point(cfg, run_dir)
     seed = int(cfg.trainer.seed)

@@ -12,6 +12,8 @@ import torch
 from omegaconf import DictConfig
 from torch.utils.data import DataLoader, Dataset
 
+from cxrssl.errors import ConfigError, InputNotFound
+
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".dcm", ".dicom")
 CSV_PATH_COLUMNS = ("path", "Path", "image_path", "filename", "file")
 
@@ -25,12 +27,12 @@ def collect_inputs(spec: str) -> list[Path]:
         table = pd.read_csv(path)
         column = next((c for c in CSV_PATH_COLUMNS if c in table.columns), None)
         if column is None:
-            raise ValueError(f"{path}: no image path column; expected one of {CSV_PATH_COLUMNS}, "
+            raise ConfigError(f"{path}: no image path column; expected one of {CSV_PATH_COLUMNS}, "
                              f"found {list(table.columns)}")
         return [_resolve_listed(path.parent, p) for p in map(Path, table[column].astype(str))]
     matches = sorted(Path(p) for p in glob.glob(str(path), recursive=True))
     if not matches:
-        raise FileNotFoundError(f"inputs={spec}: not a folder, CSV or glob that matches any file")
+        raise InputNotFound(f"inputs={spec}: not a folder, CSV or glob that matches any file")
     return matches
 
 
@@ -76,8 +78,10 @@ def run(cfg: DictConfig) -> dict:
 
     from cxrssl.commands.checkpoint_data import load_model_and_data, saved_threshold
     from cxrssl.commands.report import finish_run, run_dir_from_hydra, start_run_tracking
+    from cxrssl.commands.validation import check_config
     from cxrssl.engine.precision import resolve_precision
 
+    check_config(cfg)  # impossible values fail here, in well under a second
     run_dir = run_dir_from_hydra()
     model, info, data_cfg = load_model_and_data(cfg)
     meta = info.get("meta", {})

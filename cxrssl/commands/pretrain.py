@@ -5,6 +5,7 @@ from omegaconf import DictConfig
 
 from cxrssl.commands.report import finish_run, run_dir_from_hydra, start_run_tracking
 from cxrssl.commands.training import fit_task, resume_point
+from cxrssl.commands.validation import check_config
 from cxrssl.engine.precision import resolve_precision
 from cxrssl.engine.seed import seed_everything
 
@@ -15,6 +16,7 @@ def run(cfg: DictConfig) -> float | None:
     from cxrssl.models.loading import backbone_option
     from cxrssl.tasks import build_pretext_task
 
+    check_config(cfg)  # impossible values fail here, in well under a second
     run_dir = run_dir_from_hydra()
     resume_from, resume_run_id = resume_point(cfg, run_dir)
     tags = {"pretext": cfg.pretext.name, "backbone": cfg.backbone.name, "data": cfg.data.source}

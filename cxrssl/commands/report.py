@@ -9,12 +9,20 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 
-def run_dir_from_hydra() -> Path:
-    """The Hydra output dir of this job (respects hydra.run.dir / sweep dirs)."""
+def run_dir_from_hydra(cfg: DictConfig | None = None) -> Path:
+    """The Hydra output dir of this job (respects hydra.run.dir / sweep dirs), claimed for this run:
+    a folder of another run, or one with files cxrssl did not write, is refused unless `resume=`
+    (see cxrssl.commands.run_dirs). Credentials in `.hydra/*.yaml` tracking URIs are removed."""
     from hydra.core.hydra_config import HydraConfig
 
-    path = Path(HydraConfig.get().runtime.output_dir)
-    path.mkdir(parents=True, exist_ok=True)
+    from cxrssl.commands.run_dirs import claim_run_dir
+    from cxrssl.tracking_security import scrub_hydra_files
+
+    hydra_cfg = HydraConfig.get()
+    resume = cfg.get("resume") if cfg is not None else next(
+        (o.split("=", 1)[1] for o in hydra_cfg.overrides.task if o.lstrip("+~").startswith("resume=")), None)
+    path = claim_run_dir(Path(hydra_cfg.runtime.output_dir), resume, job_name=hydra_cfg.job.get("name"))
+    scrub_hydra_files(path)
     return path
 
 
@@ -23,7 +31,10 @@ def start_run_tracking(cfg: DictConfig, tags: dict[str, Any], resume_run_id: str
     from cxrssl.sweeps import sweep_info_from_hydra
     from cxrssl.tracking import flatten_config, start_tracking
 
-    return start_tracking(cfg.mlflow, command=str(cfg.command), tags=tags, params=flatten_config(cfg),
+    from cxrssl.tracking_security import scrub_params
+
+    tags = scrub_params({k: str(v) for k, v in tags.items()}, cfg)  # credentials; paths if mlflow.redact
+    return start_tracking(cfg.mlflow, command=str(cfg.command), tags=tags, params=scrub_params(flatten_config(cfg), cfg),
                           run_name=None, sweep=sweep_info_from_hydra(), resume_run_id=resume_run_id)
 
 
@@ -42,11 +53,34 @@ def _jsonable(value: Any) -> Any:
 
 
 def write_summary(run_dir: Path, summary: dict[str, Any]) -> Path:
-    path = Path(run_dir) / "summary.json"
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(_jsonable(summary), indent=2, sort_keys=False) + "\n")
-    tmp.replace(path)
-    return path
+    from cxrssl.atomic import atomic_write_text
+
+    return atomic_write_text(Path(run_dir) / "summary.json", json.dumps(_jsonable(summary), indent=2) + "\n")
+
+
+def _artifact_logger(cfg: DictConfig, tracker):
+    """`log(path, folder)`: as is, or with `mlflow.redact=true` CSVs with hashed ids and file names
+    only, and text files without absolute paths (see cxrssl.tracking_security)."""
+    if not bool(cfg.get("mlflow", {}).get("redact", False)) or tracker.run_id is None:
+        return tracker.log_artifact
+    import tempfile
+
+    from cxrssl.tracking_security import _strip_abs_paths, redact_csv, store_salt
+
+    salt = store_salt(getattr(tracker, "tracking_uri", None))
+
+    def log(path, folder=None):
+        path = Path(path)
+        with tempfile.TemporaryDirectory() as tmp:
+            target = Path(tmp) / path.name
+            if path.suffix.lower() == ".csv":
+                redact_csv(path, target, salt)
+            elif path.suffix.lower() in (".yaml", ".json", ".md", ".txt", ".html"):
+                target.write_text(_strip_abs_paths(path.read_text(errors="replace")))
+            else:
+                target = path
+            tracker.log_artifact(target, folder)
+    return log
 
 
 def finish_run(cfg: DictConfig, tracker, run_dir: Path, summary: dict[str, Any], headline: list[str],
@@ -54,19 +88,26 @@ def finish_run(cfg: DictConfig, tracker, run_dir: Path, summary: dict[str, Any],
                monitor_mode: str | None = None) -> dict[str, Any]:
     """Write config + summary.json, log them (and `artifacts`: (MLflow folder, file or dir) pairs),
     print the closing lines."""
-    config_path = Path(run_dir) / "config.yaml"
-    config_path.write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    from cxrssl.atomic import atomic_write_text
+    from cxrssl.commands.run_dirs import artifact_files, run_started
+    from cxrssl.tracking_security import redact_uri, scrub_text
+
+    config_path = atomic_write_text(Path(run_dir) / "config.yaml", scrub_text(OmegaConf.to_yaml(cfg, resolve=True)))
     summary = {**summary, "command": str(cfg.command), "run_dir": str(run_dir),
                "config": str(config_path), "mlflow_run_id": tracker.run_id,
-               "tracking_uri": getattr(tracker, "tracking_uri", None)}
+               "tracking_uri": redact_uri(getattr(tracker, "tracking_uri", None))}
     summary_path = write_summary(run_dir, summary)
-    tracker.log_artifact(config_path)
+    log = _artifact_logger(cfg, tracker)
+    log(config_path)
     for artifact_dir, path in artifacts or []:
         if Path(path).is_file():
-            tracker.log_artifact(path, artifact_dir or None)
-        elif Path(path).is_dir():
-            tracker.log_artifacts(path, artifact_dir or None)
-    tracker.log_artifact(summary_path)
+            log(path, artifact_dir or None)
+        elif Path(path).is_dir():  # the files this run wrote there, one by one: never a store, a link
+            for file in artifact_files(path, since=run_started(run_dir)):
+                if file not in (config_path, Path(run_dir) / "summary.json"):
+                    sub = file.parent.relative_to(path).as_posix()
+                    log(file, "/".join(p for p in (artifact_dir, sub) if p and p != ".") or None)
+    log(summary_path)
     if monitor and summary.get("best_value") is not None:
         # The run's best epoch, not its last: what a sweep's parent ranks its children by.
         tracker.log_metrics({f"best/{monitor}": float(summary["best_value"])}, step=int(summary.get("best_epoch") or 0))

@@ -193,38 +193,38 @@ def _build_shard(store: Path, items: list[tuple[str, str]], data_cfg: Any) -> Pa
 
 def _preprocess_stream(paths: list[str], settings: dict[str, Any],
                        workers: int) -> Iterator[tuple[np.ndarray | None, str]]:
-    """Yield (uint8 image or None, failure reason) in order; at most a few chunks in flight."""
+    """Yield (uint8 image or None, failure reason) in order; at most a few chunks in flight.
+
+    The settings travel with the work (a :class:`_Preprocessor` per build), never through module
+    state: two builds with different settings may run at once in one process (threads, tests)."""
     from cxrssl.data.parallel import ordered_map
 
     # Threads: OpenCV releases the GIL while decoding and resizing (see cxrssl.data.parallel).
-    _use_settings(settings)
-    yield from ordered_map(_preprocess_one, paths, workers, in_flight=CHUNK_PER_WORKER * max(workers, 1))
+    yield from ordered_map(_Preprocessor(settings), paths, workers,
+                           in_flight=CHUNK_PER_WORKER * max(workers, 1))
 
 
-_SETTINGS: dict[str, Any] = {}
-_LOCAL = threading.local()  # one albumentations pipeline per thread: Compose keeps call state
+class _Preprocessor:
+    """``path -> (uint8 image | None, reason)`` with the given preprocessing settings; one
+    albumentations pipeline per thread (Compose keeps call state)."""
 
+    def __init__(self, settings: dict[str, Any]):
+        self.settings = dict(settings)
+        self._local = threading.local()
 
-def _use_settings(settings: dict[str, Any]) -> None:
-    global _SETTINGS
-    _SETTINGS = dict(settings)
-    _LOCAL.__dict__.clear()
+    def pipeline(self):
+        if not hasattr(self._local, "pipeline"):
+            from cxrssl.data.transforms import build_preprocess
 
+            self._local.pipeline = build_preprocess(self.settings)
+        return self._local.pipeline
 
-def _pipeline():
-    if getattr(_LOCAL, "settings", None) is not _SETTINGS:
-        from cxrssl.data.transforms import build_preprocess
+    def __call__(self, path: str) -> tuple[np.ndarray | None, str]:
+        from cxrssl.data.io import read_image_uint8
 
-        _LOCAL.settings, _LOCAL.pipeline = _SETTINGS, build_preprocess(_SETTINGS)
-    return _LOCAL.pipeline
-
-
-def _preprocess_one(path: str) -> tuple[np.ndarray | None, str]:
-    from cxrssl.data.io import read_image_uint8
-
-    try:
-        return _pipeline()(image=read_image_uint8(path))["image"], ""
-    except ImageReadError as error:
-        return None, error.reason
-    except Exception as error:  # a file OpenCV/pydicom cannot handle must not kill the build
-        return None, f"{type(error).__name__}: {error}"
+        try:
+            return self.pipeline()(image=read_image_uint8(path))["image"], ""
+        except ImageReadError as error:
+            return None, error.reason
+        except Exception as error:  # a file OpenCV/pydicom cannot handle must not kill the build
+            return None, f"{type(error).__name__}: {error}"

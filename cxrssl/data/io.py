@@ -17,6 +17,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from cxrssl.errors import UserError
+
 DICOM_SUFFIXES = (".dcm", ".dicom", ".dic")
 _JPEG_SUFFIXES = (".jpg", ".jpeg", ".jpe")
 #: Bit depths a 16-bit container may really hold (12-bit CR/DR is common); the smallest that fits
@@ -30,7 +32,7 @@ _LIMITS = {"max_pixels": DEFAULT_MAX_PIXELS}
 _DICOM_CHUNK_ROWS = 256
 
 
-class ImageReadError(OSError):
+class ImageReadError(UserError, OSError):
     """An image file could not be decoded; ``path`` and ``reason`` say which and why."""
 
     def __init__(self, path: str | os.PathLike, reason: str):

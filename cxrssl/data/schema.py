@@ -8,6 +8,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from cxrssl.errors import UserError
+
 #: Columns every metadata table has, in this order. Missing values are NaN (never "", -1 or 0).
 #:   image_id     str   unique per image
 #:   path         str   absolute path of the image file (PNG/JPEG/DICOM)
@@ -27,7 +29,7 @@ VIEWS = ("PA", "AP")
 SPLITS = ("train", "val", "test")
 
 
-class MetadataError(ValueError):
+class MetadataError(UserError, ValueError):
     """A metadata table or file breaks the contract; the message names the file/row/column."""
 
 

@@ -12,6 +12,8 @@ from typing import Any
 
 import cv2
 
+from cxrssl.errors import ConfigError
+
 RESIZE_MODES = ("letterbox", "crop", "stretch")
 EQUALIZE_MODES = ("none", "clahe", "hist")
 #: ``data.augment.*`` keys and their defaults (the original: small rotations and zooms).
@@ -33,12 +35,14 @@ def preprocess_settings(data_cfg: Any) -> dict[str, Any]:
     resize_mode = str(_get(data_cfg, "resize_mode", "letterbox"))
     equalize = str(_get(data_cfg, "equalize", "none"))
     if resize_mode not in RESIZE_MODES:
-        raise ValueError(f"data.resize_mode must be one of {RESIZE_MODES}, got {resize_mode!r}")
+        raise ConfigError(f"data.resize_mode must be one of {RESIZE_MODES}, got {resize_mode!r}")
     if equalize not in EQUALIZE_MODES:
-        raise ValueError(f"data.equalize must be one of {EQUALIZE_MODES}, got {equalize!r}")
+        raise ConfigError(f"data.equalize must be one of {EQUALIZE_MODES}, got {equalize!r}")
     if size < 8:
-        raise ValueError(f"data.image_size must be at least 8, got {size}")
+        raise ConfigError(f"data.image_size must be at least 8, got {size}")
     clip = float(_get(data_cfg, "clahe_clip", 2.0))
+    if not clip >= 1.0:  # albumentations refuses < 1 per image: every image would fail to cache
+        raise ConfigError(f"data.clahe_clip must be a number >= 1 (CLAHE contrast limit), got {clip}")
     return {"image_size": size, "resize_mode": resize_mode, "equalize": equalize,
             "clahe_clip": clip}
 
@@ -73,7 +77,7 @@ def augment_settings(data_cfg: Any) -> dict[str, Any]:
     augment = _get(data_cfg, "augment", None) or {}
     unknown = sorted(set(augment.keys()) - set(AUGMENT_DEFAULTS))
     if unknown:
-        raise ValueError(f"data.augment: unknown key(s) {unknown}; allowed: {sorted(AUGMENT_DEFAULTS)}")
+        raise ConfigError(f"data.augment: unknown key(s) {unknown}; allowed: {sorted(AUGMENT_DEFAULTS)}")
     return {key: _get(augment, key, default) for key, default in AUGMENT_DEFAULTS.items()}
 
 

@@ -11,10 +11,12 @@ from typing import Any
 
 import torch
 
+from cxrssl.errors import UserError
+
 CHECKPOINT_VERSION = 1
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(UserError, RuntimeError):
     """A checkpoint is missing, corrupt or not a cxrssl checkpoint; the message names the file."""
 
 

@@ -9,6 +9,8 @@ from dataclasses import dataclass
 
 import torch
 
+from cxrssl.errors import ConfigError, DeviceUnavailable
+
 
 @dataclass(frozen=True)
 class Precision:
@@ -32,10 +34,10 @@ def resolve_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError(f"trainer.device={device} but CUDA is not available here; "
+        raise DeviceUnavailable(f"trainer.device={device} but CUDA is not available here; "
                            "use trainer.device=auto or trainer.device=cpu")
     if device not in ("cpu",) and not device.startswith("cuda"):
-        raise ValueError(f"trainer.device={device!r}: expected auto, cpu, cuda or cuda:N")
+        raise ConfigError(f"trainer.device={device!r}: expected auto, cpu, cuda or cuda:N")
     return torch.device(device)
 
 
@@ -43,7 +45,7 @@ def resolve_precision(device: str, amp: str) -> Precision:
     dev = resolve_device(device)
     amp = str(amp).lower()
     if amp not in ("auto", "bf16", "fp16", "off"):
-        raise ValueError(f"trainer.amp={amp!r}: expected auto, bf16, fp16 or off")
+        raise ConfigError(f"trainer.amp={amp!r}: expected auto, bf16, fp16 or off")
     if amp == "off" or (amp == "auto" and dev.type != "cuda"):
         return Precision(dev, None, False)
     if amp == "auto":

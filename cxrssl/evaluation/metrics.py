@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 from sklearn import metrics as skm
 
+from cxrssl.errors import UserError
 from cxrssl.evaluation.calibration import expected_calibration_error
 
 #: Every metric :func:`binary_metrics` returns, in report order.
@@ -27,7 +28,7 @@ METRIC_NAMES: tuple[str, ...] = (
 REQUIRED_PREDICTION_COLUMNS: tuple[str, ...] = ("image_id", "patient_id", "probability", "label")
 
 
-class OneClassError(ValueError):
+class OneClassError(UserError, ValueError):
     """The evaluated labels hold one class only, so AUROC (and sensitivity or specificity) is
     undefined; raised instead of returning a silent NaN."""
 

@@ -12,6 +12,8 @@ from torch import nn
 
 from cxrssl.models.safe_weights import UnsafeWeightsError, load_weights_file
 
+from cxrssl.errors import UserError
+
 #: Values of `backbone.pretrained` that mean "random initialisation".
 _NO_WEIGHTS = (None, "", False, "none", "null", "random")
 
@@ -54,7 +56,7 @@ def check_backbone_name(name: str) -> str:
     return text
 
 
-class PretrainedWeightsError(ValueError):
+class PretrainedWeightsError(UserError, ValueError):
     """`backbone.pretrained` names weights we cannot load offline."""
 
 

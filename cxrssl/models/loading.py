@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from cxrssl.engine.checkpoint import CheckpointError, load_checkpoint
+from cxrssl.errors import InputNotFound, UserError
 from cxrssl.models.backbones import Encoder, create_encoder
 from cxrssl.models.heads import Classifier
 
@@ -17,7 +18,7 @@ _RUN_ID = re.compile(r"^[0-9a-f]{32}$")
 NONE_VALUES = (None, "", "none", "null", "random", False)
 
 
-class WeightsMismatchError(ValueError):
+class WeightsMismatchError(UserError, ValueError):
     """Weights do not fit the model; the message lists expected vs found."""
 
 
@@ -33,7 +34,7 @@ def resolve_ref(ref: str, tracking_uri: str | None = None, artifact_path: str = 
 
         uri = resolve_tracking_uri(tracking_uri or "sqlite:///mlflow.db", original_cwd())
         return resolve_run_artifact(text, uri, artifact_path=artifact_path)
-    raise FileNotFoundError(f"{ref}: not a file, run directory, MLflow run id or runs:/ URI")
+    raise InputNotFound(f"{ref}: not a file, run directory, MLflow run id or runs:/ URI")
 
 
 def _mismatch(result, found: dict, expected: nn.Module, source: str, hint: str = "") -> None:

@@ -15,31 +15,36 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
-import subprocess
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
+from cxrssl.errors import one_line
 from cxrssl.sweeps import (
     PARENT_RUN_TAG,
     SWEEP_ID_TAG,
     SWEEP_JOB_TAG,
     SweepInfo,
-    TrackingUnavailable,
     artifact_location_for,
     child_run_name,
     get_or_create_experiment,
     get_or_create_sweep_parent,
-    original_cwd,
     resolve_run_artifact,
-    sqlite_db_path,
-    store_lock,
     sweep_info_from_hydra,
     update_sweep_parent,
+)
+from cxrssl.tracking_offline import OFFLINE_FILE, OfflineLog, upload_command
+from cxrssl.tracking_store import (
+    TrackingUnavailable,
+    check_reachable,
+    original_cwd,
+    resolve_tracking_uri,
+    sqlite_db_path,
+    git_commit,
+    hydra_run_dir,
+    limit_http_retries,
+    store_lock,
 )
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -58,82 +63,6 @@ MAX_TAG_VALUE_LENGTH = 8000  # mlflow.utils.validation.MAX_TAG_VAL_LENGTH
 PARAMS_PER_BATCH = 100
 METRICS_PER_BATCH = 1000
 RUN_STATUSES = ("FINISHED", "FAILED", "KILLED")
-
-
-def resolve_tracking_uri(uri: str, base_dir: Path) -> str:
-    """Make a tracking URI independent of later ``cd``/Hydra run dirs.
-
-    ``sqlite:///mlflow.db`` (relative) -> ``sqlite:////<base_dir>/mlflow.db`` (absolute, four
-    slashes); http(s) and database URIs are returned unchanged; file stores are refused.
-    """
-    uri = str(uri).strip()
-    if uri.startswith(("http://", "https://")):
-        return uri
-    if uri.startswith("sqlite:"):
-        if not uri.startswith("sqlite:///") or uri.split("?")[0] in ("sqlite:///", "sqlite:///:memory:"):
-            raise ValueError(
-                f"mlflow.tracking_uri={uri!r} is not a sqlite file URI; runs in memory would be lost. "
-                "Use e.g. mlflow.tracking_uri=sqlite:///mlflow.db"
-            )
-        path_part, sep, query = uri[len("sqlite:///") :].partition("?")
-        db_path = Path(path_part).expanduser()
-        if not db_path.is_absolute():
-            db_path = Path(base_dir) / db_path
-        return f"sqlite:///{db_path.resolve().as_posix()}{sep}{query}"
-    scheme = uri.split(":", 1)[0] if ":" in uri else ""
-    if not uri or scheme in ("", "file") or len(scheme) == 1:  # len 1: a Windows drive letter
-        raise ValueError(
-            f"mlflow.tracking_uri={uri!r} is a file store (a plain directory such as ./mlruns). "
-            "MLflow >= 3.13 refuses file stores; use a sqlite database instead, e.g. "
-            "mlflow.tracking_uri=sqlite:///mlflow.db (artifacts then go to mlartifacts/ beside it), "
-            "or an http(s):// tracking server."
-        )
-    return uri
-
-
-def check_reachable(uri: str, timeout_s: float = 10.0) -> None:
-    """Fail fast with :class:`TrackingUnavailable` if the store at ``uri`` cannot be used."""
-    advice = (
-        "Start a server (`mlflow server --host 127.0.0.1 --port 5000 --backend-store-uri "
-        "sqlite:///mlflow.db`), or log locally with mlflow.tracking_uri=sqlite:///mlflow.db, "
-        "or turn tracking off with mlflow.enabled=false."
-    )
-    from cxrssl.tracking_security import redact_uri
-
-    db_path, shown = sqlite_db_path(uri), redact_uri(uri)  # never print user:password@
-    if db_path is not None:
-        try:
-            db_path.parent.mkdir(parents=True, exist_ok=True)
-        except OSError as err:
-            raise TrackingUnavailable(f"cannot create the folder of tracking database {shown}: {err}. {advice}") from err
-        if not os.access(db_path.parent, os.W_OK):
-            raise TrackingUnavailable(f"folder of tracking database {shown} is not writable. {advice}")
-        return
-    if not uri.startswith(("http://", "https://")):
-        return
-    base = uri.rstrip("/")
-    status: int | None = None
-    for endpoint in ("/health", "/api/2.0/mlflow/experiments/search?max_results=1"):
-        try:
-            with urllib.request.urlopen(base + endpoint, timeout=timeout_s) as response:
-                if response.status == 200:
-                    return
-                status = response.status
-        except urllib.error.HTTPError as err:  # the server answered, but not with 200
-            status = err.code
-        except (urllib.error.URLError, OSError) as err:
-            reason = getattr(err, "reason", err)
-            raise TrackingUnavailable(
-                f"MLflow tracking server {shown} is not reachable ({reason}; timeout {timeout_s:g} s). {advice}"
-            ) from err
-    if status in (401, 403):
-        raise TrackingUnavailable(
-            f"MLflow tracking server {shown} refused access (HTTP {status}); set MLFLOW_TRACKING_USERNAME/"
-            "MLFLOW_TRACKING_PASSWORD or MLFLOW_TRACKING_TOKEN."
-        )
-    raise TrackingUnavailable(
-        f"{shown} answered HTTP {status} on /health and the experiments API; is it an MLflow tracking server? {advice}"
-    )
 
 
 def _scalar_to_str(value: Any) -> str:
@@ -204,7 +133,10 @@ class NullTracker:
 
     def set_tags(self, tags: Mapping[str, Any]) -> None: ...
 
-    def end(self, status: str = "FINISHED") -> None: ...
+    def end(self, status: str = "FINISHED", error: BaseException | str | None = None) -> None: ...
+
+    def tracking_status(self) -> dict[str, Any]:
+        return {"status": "disabled"}
 
     def __enter__(self) -> NullTracker:
         return self
@@ -216,7 +148,14 @@ class NullTracker:
 
 
 class Tracker:
-    """One live MLflow run. Ends FAILED on an exception and KILLED on Ctrl-C when used as a context manager."""
+    """One live MLflow run. Ends FAILED (with an ``error`` tag) on an exception and KILLED on Ctrl-C
+    when used as a context manager.
+
+    Tracking never costs the training: the first call the store refuses (server gone, network
+    down, database locked) switches the tracker offline for the rest of the run, and that call
+    and every later one go to ``<run dir>/mlflow_offline.jsonl`` (:mod:`cxrssl.tracking_offline`)
+    for a later ``python -m cxrssl.tracking_offline <run dir>``.
+    """
 
     def __init__(
         self,
@@ -226,6 +165,7 @@ class Tracker:
         tracking_uri: str,
         sweep: SweepInfo | None = None,
         parent_run_id: str | None = None,
+        run_dir: Path | None = None,
     ) -> None:
         self.client = client
         self.run_id = run_id
@@ -233,28 +173,55 @@ class Tracker:
         self.tracking_uri = tracking_uri
         self.sweep = sweep
         self.parent_run_id = parent_run_id
+        self.run_dir = Path(run_dir) if run_dir is not None else None
+        self.offline: OfflineLog | None = None
         self._ended = False
         self._warned_non_finite: set[str] = set()
 
+    def _send(self, record: dict[str, Any], call: Callable[[], None]) -> None:
+        """Run ``call`` against the store; once any call failed, append ``record`` to the offline file."""
+        if self.offline is None:
+            try:
+                call()
+                return
+            except Exception as error:  # whatever the store raised, training goes on
+                self._go_offline(error)
+        assert self.offline is not None
+        self.offline.append(record)
+
+    def _go_offline(self, error: BaseException) -> None:
+        run_dir = self.run_dir or hydra_run_dir()
+        reason = f"{type(error).__name__}: {one_line(error)}"
+        self.offline = OfflineLog(run_dir / OFFLINE_FILE, run_id=self.run_id, experiment_id=self.experiment_id,
+                                  tracking_uri=self.tracking_uri, reason=reason)
+        log.warning("MLflow tracking at %s failed (%s); training goes on, unsent data is kept in %s "
+                    "(re-upload later: %s)", self.tracking_uri, reason, self.offline.path, upload_command(run_dir))
+
+    def tracking_status(self) -> dict[str, Any]:
+        """For ``summary.json``: ``{"status": "ok"}`` or what failed and how to re-upload."""
+        return self.offline.status() if self.offline is not None else {"status": "ok"}
+
     def log_params(self, params: Mapping[str, Any]) -> None:
         """Log params; on a resumed run, keys already logged keep their first value (MLflow params are immutable)."""
-        from mlflow.entities import Param
-
-        existing = self.client.get_run(self.run_id).data.params
         values = {k: str(v)[:MAX_PARAM_VALUE_LENGTH] for k, v in params.items()}
-        changed = sorted(k for k, v in values.items() if k in existing and existing[k] != v)
-        if changed:
-            log.warning("MLflow run %s keeps the earlier values of params %s", self.run_id, ", ".join(changed))
-        new = [Param(k, v) for k, v in values.items() if k not in existing]
-        for chunk in _chunks(new, PARAMS_PER_BATCH):
-            self.client.log_batch(self.run_id, params=chunk)
+
+        def call() -> None:
+            from mlflow.entities import Param
+
+            existing = self.client.get_run(self.run_id).data.params
+            changed = sorted(k for k, v in values.items() if k in existing and existing[k] != v)
+            if changed:
+                log.warning("MLflow run %s keeps the earlier values of params %s", self.run_id, ", ".join(changed))
+            new = [Param(k, v) for k, v in values.items() if k not in existing]
+            for chunk in _chunks(new, PARAMS_PER_BATCH):
+                self.client.log_batch(self.run_id, params=chunk)
+
+        self._send({"op": "params", "params": values}, call)
 
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
         """Log one step of metrics in batched requests; NaN/inf values are skipped with one warning per key."""
-        from mlflow.entities import Metric
-
         timestamp = _now_ms()
-        entries = []
+        values: dict[str, float] = {}
         for key, value in metrics.items():
             number = float(value)
             if not math.isfinite(number):
@@ -262,35 +229,52 @@ class Tracker:
                     self._warned_non_finite.add(key)
                     log.warning("metric %r is %s at step %d; not logged (warned once per metric)", key, number, step)
                 continue
-            entries.append(Metric(key, number, timestamp, int(step)))
-        for chunk in _chunks(entries, METRICS_PER_BATCH):
-            self.client.log_batch(self.run_id, metrics=chunk)
+            values[key] = number
+
+        def call() -> None:
+            from mlflow.entities import Metric
+
+            entries = [Metric(k, v, timestamp, int(step)) for k, v in values.items()]
+            for chunk in _chunks(entries, METRICS_PER_BATCH):
+                self.client.log_batch(self.run_id, metrics=chunk)
+
+        self._send({"op": "metrics", "metrics": values, "step": int(step), "timestamp": timestamp}, call)
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
         if not Path(path).is_file():
             raise FileNotFoundError(f"cannot log artifact {path}: no such file")
-        self.client.log_artifact(self.run_id, str(path), artifact_path)
+        self._send({"op": "artifact", "path": str(Path(path).resolve()), "artifact_path": artifact_path},
+                   lambda: self.client.log_artifact(self.run_id, str(path), artifact_path))
 
     def log_artifacts(self, directory: str | Path, artifact_path: str | None = None) -> None:
         if not Path(directory).is_dir():
             raise FileNotFoundError(f"cannot log artifacts from {directory}: no such directory")
-        self.client.log_artifacts(self.run_id, str(directory), artifact_path)
+        self._send({"op": "artifacts", "path": str(Path(directory).resolve()), "artifact_path": artifact_path},
+                   lambda: self.client.log_artifacts(self.run_id, str(directory), artifact_path))
 
     def set_tags(self, tags: Mapping[str, Any]) -> None:
-        from mlflow.entities import RunTag
+        values = {str(k): str(v)[:MAX_TAG_VALUE_LENGTH] for k, v in tags.items()}
 
-        entries = [RunTag(str(k), str(v)[:MAX_TAG_VALUE_LENGTH]) for k, v in tags.items()]
-        for chunk in _chunks(entries, PARAMS_PER_BATCH):
-            self.client.log_batch(self.run_id, tags=chunk)
+        def call() -> None:
+            from mlflow.entities import RunTag
 
-    def end(self, status: str = "FINISHED") -> None:
-        """Mark the run terminated (once; later calls are ignored)."""
+            for chunk in _chunks([RunTag(k, v) for k, v in values.items()], PARAMS_PER_BATCH):
+                self.client.log_batch(self.run_id, tags=chunk)
+
+        self._send({"op": "tags", "tags": values}, call)
+
+    def end(self, status: str = "FINISHED", error: BaseException | str | None = None) -> None:
+        """Mark the run terminated (once; later calls are ignored); ``error`` becomes the ``error`` tag."""
         if status not in RUN_STATUSES:
             raise ValueError(f"run status must be one of {RUN_STATUSES}, got {status!r}")
         if self._ended:
             return
         self._ended = True
-        self.client.set_terminated(self.run_id, status=status)
+        if error is not None:
+            message = error if isinstance(error, str) else f"{type(error).__name__}: {one_line(error)}"
+            self.set_tags({"error": message})
+        self._send({"op": "end", "status": status},
+                   lambda: self.client.set_terminated(self.run_id, status=status))
 
     def __enter__(self) -> Tracker:
         return self
@@ -301,19 +285,9 @@ class Tracker:
         if exc_type is None:
             self.end("FINISHED")
         elif issubclass(exc_type, KeyboardInterrupt):
-            self.end("KILLED")
+            self.end("KILLED", error="interrupted (Ctrl-C)")
         else:
-            self.end("FAILED")
-
-
-def _git_commit(cwd: Path) -> str | None:
-    try:
-        result = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=5, check=True
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return result.stdout.strip() or None
+            self.end("FAILED", error=exc)
 
 
 def start_tracking(
@@ -340,14 +314,14 @@ def start_tracking(
     base_dir = Path(base_dir) if base_dir is not None else original_cwd()
     uri = resolve_tracking_uri(mlflow_cfg.get("tracking_uri", "sqlite:///mlflow.db"), base_dir)
     check_reachable(uri, float(mlflow_cfg.get("connect_timeout_s", 10)))
-    from mlflow import MlflowClient
+    limit_http_retries(uri, mlflow_cfg)
     from mlflow.exceptions import MlflowException
 
     from cxrssl.tracking_security import open_store, redact_uri
 
     client = open_store(uri)  # sqlite: created 0600 and migrated under the store lock
     all_tags: dict[str, Any] = {"command": command, **dict(mlflow_cfg.get("tags") or {}), **dict(tags)}
-    commit = _git_commit(Path.cwd())
+    commit = git_commit(Path.cwd())
     if commit:
         all_tags.update({"git_commit": commit, "mlflow.source.git.commit": commit})
     base_name = run_name or mlflow_cfg.get("run_name") or "-".join(

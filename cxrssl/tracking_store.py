@@ -94,7 +94,9 @@ def check_reachable(uri: str, timeout_s: float = 10.0) -> None:
         "sqlite:///mlflow.db`), or log locally with mlflow.tracking_uri=sqlite:///mlflow.db, "
         "or turn tracking off with mlflow.enabled=false."
     )
-    db_path, shown = sqlite_db_path(uri), uri
+    from cxrssl.tracking_security import redact_uri
+
+    db_path, shown = sqlite_db_path(uri), redact_uri(uri)  # never print user:password@
     if db_path is not None:
         try:
             db_path.parent.mkdir(parents=True, exist_ok=True)

@@ -58,6 +58,11 @@ def write_summary(run_dir: Path, summary: dict[str, Any]) -> Path:
     return atomic_write_text(Path(run_dir) / "summary.json", json.dumps(_jsonable(summary), indent=2) + "\n")
 
 
+def _tracking_status(tracker) -> dict[str, Any]:
+    """`{"status": "ok" | "disabled" | "failed", ...}` (see cxrssl.tracking_offline)."""
+    return dict(getattr(tracker, "tracking_status", lambda: {"status": "disabled"})())
+
+
 def _artifact_logger(cfg: DictConfig, tracker):
     """`log(path, folder)`: as is, or with `mlflow.redact=true` CSVs with hashed ids and file names
     only, and text files without absolute paths (see cxrssl.tracking_security)."""
@@ -95,7 +100,7 @@ def finish_run(cfg: DictConfig, tracker, run_dir: Path, summary: dict[str, Any],
     config_path = atomic_write_text(Path(run_dir) / "config.yaml", scrub_text(OmegaConf.to_yaml(cfg, resolve=True)))
     summary = {**summary, "command": str(cfg.command), "run_dir": str(run_dir),
                "config": str(config_path), "mlflow_run_id": tracker.run_id,
-               "tracking_uri": redact_uri(getattr(tracker, "tracking_uri", None))}
+               "tracking_uri": redact_uri(getattr(tracker, "tracking_uri", None)), "tracking": _tracking_status(tracker)}
     summary_path = write_summary(run_dir, summary)
     log = _artifact_logger(cfg, tracker)
     log(config_path)
@@ -115,6 +120,13 @@ def finish_run(cfg: DictConfig, tracker, run_dir: Path, summary: dict[str, Any],
             from cxrssl.sweeps import update_sweep_parent
 
             update_sweep_parent(tracker, f"best/{monitor}", monitor_mode or "min")
+    if _tracking_status(tracker) != summary["tracking"]:  # the store failed while we logged
+        summary["tracking"] = _tracking_status(tracker)
+        write_summary(run_dir, summary)
+    if summary["tracking"].get("status") == "failed":
+        status = summary["tracking"]
+        headline = [*headline, f"tracking:    FAILED ({status['reason']}); training is complete. Unsent data: "
+                               f"{status['unsent']}; re-upload with: {status['reupload']}"]
     print("\n".join(["", *headline, f"outputs:     {run_dir}", f"summary:     {summary_path}",
                      f"mlflow run:  {tracker.run_id or 'disabled'}"
                      + (f"  ({summary['tracking_uri']})" if summary.get("tracking_uri") else "")]), flush=True)

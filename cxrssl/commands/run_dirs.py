@@ -14,6 +14,7 @@ import os
 import time
 from pathlib import Path
 
+from cxrssl.errors import ConfigError
 
 RUN_MARKER = ".cxrssl-run"
 #: What Hydra itself puts in a run dir before the command starts.
@@ -22,7 +23,7 @@ HYDRA_ENTRIES = (".hydra",)
 STORE_NAMES = ("mlartifacts", "mlruns", "mlflow.db", "mlflow.db.lock", "mlflow.db-journal", "mlflow.db-wal")
 
 
-class RunDirTaken(ValueError):
+class RunDirTaken(ConfigError):
     """The run dir belongs to another run, or holds files cxrssl did not write."""
 
 

@@ -15,6 +15,7 @@ from typing import Any
 
 import yaml
 
+from cxrssl.errors import ConfigError
 
 MAX_CONFIG_BYTES = 256 * 1024
 MAX_DEPTH = 10
@@ -22,7 +23,7 @@ MAX_NODES = 20_000
 MAX_PATH_CHARS = 4096
 
 
-class EmbeddedConfigError(ValueError):
+class EmbeddedConfigError(ConfigError):
     """The config inside a checkpoint is malformed or out of bounds; the message names the key."""
 
 
@@ -98,6 +99,8 @@ DATA_KEYS: dict[str, Any] = {
     "frontal_only": _bool, "valid_split": _choice("test", "val"),
     "cohort": _choice("no_finding_vs_cardiomegaly", "all"), "split": _choice("train", "val", "test"),
     "max_pixels": _int(1, 2**31 - 1),
+    "label_seed": lambda k, v: None if v is None else _int(0, 2**31 - 1)(k, v), "scale_val_labels": _bool,
+    "pretrain_pool": _choice("train_and_pool", "all_except_eval", "train"),
 }
 AUGMENT_KEYS = {"rotate_limit": _float(0, 180), "scale_limit": _float(0, 1), "brightness_contrast": _float(0, 1),
                 "hflip": _bool}

@@ -15,12 +15,17 @@ from torch.utils.data import Dataset
 
 from cxrssl.data.io import ImageReadError, read_image, read_image_uint8
 from cxrssl.data.schema import sex_to_float, validate_table
-from cxrssl.data.transforms import build_augment, build_preprocess, preprocess_settings
+from cxrssl.data.transforms import build_augment, build_preprocess, preprocess_settings, reseed
 
 
 def _cache_enabled(data_cfg: Any) -> bool:
     cache_cfg = data_cfg.get("cache") if hasattr(data_cfg, "get") else None
     return bool(cache_cfg.get("enabled", False)) if cache_cfg is not None else False
+
+
+def sample_seed(seed: int, epoch: int, index: int) -> int:
+    """A well-mixed 32-bit seed for one training sample of one epoch (numpy's SeedSequence hash)."""
+    return int(np.random.SeedSequence([int(seed) % 2**63, int(epoch), int(index)]).generate_state(1)[0])
 
 
 class CXRDataset(Dataset):
@@ -38,6 +43,9 @@ class CXRDataset(Dataset):
             cache = open_cache(self.table, data_cfg)
         self.cache = cache
         self.preprocess = build_preprocess(data_cfg)
+        self.seed = int(seed)
+        # The epoch lives in shared memory so persistent DataLoader workers see `set_epoch` too.
+        self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()
         self.augment = build_augment(data_cfg, train, seed=seed)
         # Oversampling repeats positives; augmenting them twice as hard makes the repeats differ.
         self.positive_augment = (build_augment(data_cfg, train, seed=seed + 1, strength=2.0)
@@ -56,8 +64,13 @@ class CXRDataset(Dataset):
     def __len__(self) -> int:
         return len(self.table)
 
+    def set_epoch(self, epoch: int) -> None:
+        """The training loop calls this before each epoch (workers read it from shared memory)."""
+        self._epoch.fill_(int(epoch))
+
     def set_seed(self, seed: int) -> None:
-        """Re-seed the augmentation (called per DataLoader worker for reproducible epochs)."""
+        """Re-seed the augmentation's own generators. Training samples are re-seeded per item anyway
+        (`sample_seed`), so this only matters for code that calls the transforms directly."""
         self.augment.set_random_seed(seed)
         if self.positive_augment is not None:
             self.positive_augment.set_random_seed(seed + 1)
@@ -88,6 +101,8 @@ class CXRDataset(Dataset):
         mask = self._mask(index) if self.with_masks else None
         augment = self.positive_augment if self.positive_augment is not None and self._labels[index] == 1 \
             else self.augment
+        if self.train:  # augmentation = f(seed, epoch, index): same with 0 or N workers, across restarts
+            reseed(augment, sample_seed(self.seed, int(self._epoch), index))
         out = augment(image=image) if mask is None else augment(image=image, mask=mask)
         sample = {
             "image": out["image"].float().reshape(1, size, size),

@@ -17,6 +17,7 @@ import torch
 from torch.utils.data import DataLoader, Sampler
 
 from cxrssl.data.dataset import CXRDataset
+from cxrssl.data.resumable import ResumableSampler
 from cxrssl.data.io import ImageReadError
 from cxrssl.data.schema import MetadataError
 from cxrssl.data.sources import load_table
@@ -81,7 +82,13 @@ def _drop_undecodable(table: pd.DataFrame, failures: list[dict], on_error: str) 
 
 
 def _seed_worker(worker_id: int) -> None:
-    """Each worker: distinct, reproducible seeds for numpy, random and the augmentation."""
+    """Each worker: distinct, reproducible seeds for numpy and random (the augmentation is re-seeded
+    per sample by CXRDataset); preemption signals are left to the main process."""
+    import signal
+
+    for signum in (getattr(signal, "SIGTERM", None), getattr(signal, "SIGUSR1", None)):
+        if signum is not None:
+            signal.signal(signum, signal.SIG_IGN)
     seed = torch.initial_seed() % 2**32
     np.random.seed(seed)
     random.seed(seed)
@@ -110,8 +117,11 @@ def build_dataloaders(data_cfg: Any, table: pd.DataFrame, seed: int,
     num_workers = int(_get(data_cfg, "num_workers", 0))
     cache = None
     if bool(_get(_get(data_cfg, "cache", {}), "enabled", False)):
-        from cxrssl.data.cache import open_cache
+        from cxrssl.data.cache import cache_root, open_cache
+        from cxrssl.data.writable import check_writable
 
+        check_writable(cache_root(data_cfg), "the image cache folder",
+                       "set data.cache.dir (or $CXRSSL_CACHE) to a writable folder, or data.cache.enabled=false")
         cache = open_cache(table[table["split"].isin(list(splits))], data_cfg)
         table = _drop_undecodable(table, cache.failures, str(_get(data_cfg, "on_error", "raise")))
     loaders: dict[str, DataLoader] = {}
@@ -127,9 +137,11 @@ def build_dataloaders(data_cfg: Any, table: pd.DataFrame, seed: int,
         if train and train_sampler is not None:
             sampler = train_sampler if isinstance(train_sampler, Sampler) else train_sampler(dataset.table)
         epoch_size = len(sampler) if sampler is not None else len(dataset)
+        if train:  # order = f(seed, epoch); mid-epoch recovery starts it at a batch offset
+            sampler = ResumableSampler(sampler, len(dataset), seed + index)
         loaders[split] = DataLoader(
             dataset, batch_size=batch_size,
-            shuffle=train and sampler is None,
+            shuffle=False,
             sampler=sampler,
             drop_last=train and epoch_size > batch_size,
             num_workers=num_workers, pin_memory=_pin_memory(data_cfg),

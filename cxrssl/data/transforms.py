@@ -104,6 +104,24 @@ def build_augment(data_cfg: Any, train: bool, seed: int = 0, strength: float = 1
     return A.Compose(steps, seed=seed)
 
 
+def reseed(pipeline, seed: int) -> None:
+    """Give `pipeline` (an albumentations Compose) and every transform in it ONE shared fresh
+    numpy Generator and `random.Random` seeded with `seed`. Called per training sample with a seed
+    derived from (seed, epoch, index), it makes augmentation a pure function of those — the same
+    with 0 or N workers and across restarts. ~4× cheaper than `Compose.set_random_seed`, which builds
+    a generator pair per transform (and gives them all the same stream)."""
+    import random
+
+    import numpy as np
+
+    rng, py_random = np.random.Generator(np.random.PCG64(seed)), random.Random(seed)
+    stack = [pipeline]
+    while stack:
+        transform = stack.pop()
+        transform.random_generator, transform.py_random = rng, py_random
+        stack.extend(getattr(transform, "transforms", None) or [])
+
+
 def build_transforms(data_cfg: Any, train: bool, seed: int = 0):
     """Full pipeline (preprocess + augment) for images decoded to uint8 at native size."""
     import albumentations as A

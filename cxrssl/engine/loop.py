@@ -1,156 +1,169 @@
 """The hand-written training loop: `fit` → per epoch `train_one_epoch` then `validate`.
 
 Mixed precision per `trainer.amp`, gradient accumulation and clipping, per-step LR schedule,
-atomic checkpoints each epoch (`last.pt`, `best.pt` by the task's monitor), early stopping and
-exact resume. Only the main process (rank 0) writes files or talks to the tracker.
+atomic checkpoints (`last.pt` each epoch, `best.pt` by the task's monitor, `recovery.pt` every
+`trainer.checkpoint_every_n_steps` steps and on SIGTERM/SIGUSR1), early stopping and exact resume,
+also mid-epoch. The task is driven only through `engine.protocol.TrainableTask`; per-step logs
+stay on the device (`engine.batch.StepSums`) and are read every `trainer.log_every_n_steps` steps.
+Only the main process (rank 0) writes files or talks to the tracker.
 """
 from __future__ import annotations
 
 import math
 import shutil
 import time
+import warnings
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from tqdm.auto import tqdm
 
-from cxrssl.engine.checkpoint import load_checkpoint, save_checkpoint
+from cxrssl.engine.batch import StepSums, to_device
+from cxrssl.engine.checkpoint import load_checkpoint
 from cxrssl.engine.optim import LRSchedule
 from cxrssl.engine.precision import Precision
+from cxrssl.engine.protocol import TrainableTask
+from cxrssl.engine.sampling import n_batches, prepare_epoch, resumable_loader
 from cxrssl.engine.seed import rng_state, set_rng_state
-from cxrssl.tasks.base import Task
+from cxrssl.engine.signals import Preempted, PreemptionFlag
+from cxrssl.engine.state import CheckpointFiles, FitState, weights_only
+
+__all__ = ["FitState", "NonFiniteLossError", "Preempted", "Trainer"]
 
 
 class NonFiniteLossError(FloatingPointError):
     """Training produced NaN/Inf; the last good checkpoint is left untouched."""
 
 
-@dataclass
-class FitState:
-    epoch: int = 0              # epochs completed
-    global_step: int = 0        # optimizer steps taken
-    best: float | None = None
-    best_epoch: int | None = None
-    bad_epochs: int = 0
-    history: list[dict] = field(default_factory=list)
-
-
 class Trainer:
-    def __init__(self, task: Task, optimizer: torch.optim.Optimizer, schedule: LRSchedule,
+    def __init__(self, task: TrainableTask, optimizer: torch.optim.Optimizer, schedule: LRSchedule,
                  precision: Precision, cfg: Mapping, run_dir: Path, tracker, config_yaml: str,
                  meta: dict[str, Any], is_main: bool = True):
         self.task, self.optimizer, self.schedule, self.precision = task, optimizer, schedule, precision
         self.cfg, self.tracker, self.config_yaml, self.meta, self.is_main = cfg, tracker, config_yaml, meta, is_main
         self.run_dir = Path(run_dir)
         self.ckpt_dir = self.run_dir / "checkpoints"
+        self.files = CheckpointFiles(self.ckpt_dir, is_main)
         self.scaler = precision.grad_scaler()
         self.state = FitState()
         self.accumulate = max(int(cfg.get("accumulate_grad_batches", 1)), 1)
         self.limit = cfg.get("limit_batches")
         self.channels_last = bool(cfg.get("channels_last", False))
+        self.log_every = max(int(cfg.get("log_every_n_steps", 10)), 1)
+        self.ckpt_every = int(cfg.get("checkpoint_every_n_steps") or 0)
+        self.preemption = PreemptionFlag()
+        self._epoch_sums: dict | None = None   # running sums of a resumed, interrupted epoch
+        self._max_steps = 0
         self.task.to(precision.device)
         if self.channels_last:
             self.task.to(memory_format=torch.channels_last)
-        self.model = torch.compile(self.task) if cfg.get("compile", False) else self.task
+        if cfg.get("compile", False):
+            self.task.compile()  # in place: training_step's self(...) runs the compiled forward
+        self.model = self.task
 
     # ---------------------------------------------------------------- fit
     def fit(self, train_loader, val_loader, resume_from: Path | None = None) -> dict[str, Any]:
         if resume_from is not None:
             self.restore(resume_from)
+        train_loader = resumable_loader(train_loader, int(self.cfg.get("seed", 0)))
         max_epochs = int(self.cfg["max_epochs"])
+        per_epoch = math.ceil(n_batches(train_loader, self.limit) / self.accumulate)
+        self._max_steps = per_epoch * max_epochs
         start = time.perf_counter()
         stopped_early = self._should_stop()  # a resumed run that had already stopped early
-        for epoch in range(self.state.epoch, max_epochs if not stopped_early else 0):
-            train_logs = self.train_one_epoch(train_loader, epoch)
-            val_logs, artifacts = self.validate(val_loader, epoch)
-            monitor_value = val_logs.get(self.task.monitor)
-            self.schedule.step_epoch(monitor_value)
-            improved = self._update_best(monitor_value, epoch)
-            self.state.epoch = epoch + 1
-            record = {"epoch": epoch + 1, **{f"train/{k}": v for k, v in train_logs.items()},
-                      **{f"val/{k}": v for k, v in val_logs.items()}}
-            self.state.history.append(record)
-            self._save(improved)
-            self._report_epoch(record, improved, artifacts)
-            if self._should_stop():
-                stopped_early = True
-                break
+        with self.preemption:
+            for epoch in range(self.state.epoch, max_epochs if not stopped_early else 0):
+                train_logs = self.train_one_epoch(train_loader, epoch)
+                val_logs, artifacts = self.validate(val_loader, epoch)
+                monitor_value = val_logs.get(self.task.monitor)
+                self.schedule.step_epoch(monitor_value)
+                improved = self._update_best(monitor_value, epoch, val_logs)
+                self.state.epoch, self.state.batch_cursor = epoch + 1, 0
+                record = {"epoch": epoch + 1, **{f"train/{k}": v for k, v in train_logs.items()},
+                          **{f"val/{k}": v for k, v in val_logs.items()}}
+                self.state.history.append(record)
+                self.files.save_epoch(self.checkpoint_state(), improved)
+                self._report_epoch(record, improved, artifacts)
+                if self._should_stop():
+                    stopped_early = True
+                    break
+                self._check_preempted()  # a signal during validation: last.pt is the recovery point
         elapsed = time.perf_counter() - start
         return self._result(elapsed, stopped_early)
 
     # ---------------------------------------------------------------- epochs
     def train_one_epoch(self, loader, epoch: int) -> dict[str, float]:
         self.task.train()
-        _set_epoch(loader, epoch, int(self.cfg.get("seed", 0)))
-        n_batches = _n_batches(loader, self.limit)
-        log_every = max(int(self.cfg.get("log_every_n_steps", 10)), 1)
-        total_loss, seen, data_wait = 0.0, 0, 0.0
-        start = tick = time.perf_counter()
-        bar = tqdm(total=n_batches, desc=f"epoch {epoch + 1} train", unit="batch", leave=False,
+        first = self.state.batch_cursor if self.state.epoch == epoch else 0
+        total = n_batches(loader, self.limit)
+        prepare_epoch(loader, epoch, int(self.cfg.get("seed", 0)), first)
+        sums = StepSums(self.precision.device)
+        if first and self._epoch_sums:
+            sums.load_state_dict(self._epoch_sums)
+        self._epoch_sums = None
+        synced = {"step": self.state.global_step, "totals": sums.totals(), "counts": dict(sums.counts)}
+        data_wait, start, tick = 0.0, time.perf_counter(), time.perf_counter()
+        seen_here = 0
+        bar = tqdm(total=total, initial=first, desc=f"epoch {epoch + 1} train", unit="batch", leave=False,
                    disable=not (self.is_main and self.cfg.get("progress", True)))
         self.optimizer.zero_grad(set_to_none=True)
-        for i, batch in enumerate(loader):
-            if i >= n_batches:
+        for i, batch in enumerate(loader, start=first):
+            if i >= total:
                 break
             data_wait += time.perf_counter() - tick
-            images = self._images(batch)
+            batch = to_device(batch, self.precision.device, self.channels_last)
             with self.precision.autocast():
-                outputs = self.model(images)
-            loss, _ = self.task.loss(outputs, batch)
-            if not torch.isfinite(loss):
-                raise NonFiniteLossError(
-                    f"non-finite loss ({loss.item()}) at epoch {epoch + 1}, batch {i}, step {self.state.global_step}: "
-                    "lower optimizer.lr, enable trainer.grad_clip_norm, or try trainer.amp=off; "
-                    f"the last good checkpoint is {self.ckpt_dir / 'last.pt'}")
+                out = self.task.training_step(batch)
+            loss = out["loss"]
             self.scaler.scale(loss / self.accumulate).backward()
-            if (i + 1) % self.accumulate == 0 or i + 1 == n_batches:
-                self._optimizer_step()
-                if self.state.global_step % log_every == 0:
-                    self.tracker.log_metrics({"train/loss": loss.item(), **{f"train/{k}": v for k, v in
-                                              self.schedule.lrs().items()}}, step=self.state.global_step)
-            total_loss += loss.item() * images.shape[0]
-            seen += images.shape[0]
-            bar.set_postfix(loss=f"{loss.item():.4f}", img_s=f"{seen / (time.perf_counter() - start):.0f}")
+            n = self.task.batch_size(batch)
+            sums.add({**out, "loss": loss.detach()}, n)
+            seen_here += n
             bar.update()
+            if (i + 1) % self.accumulate == 0 or i + 1 == total:
+                self._optimizer_step()
+                self.state.batch_cursor = i + 1
+                step = self.state.global_step
+                if step % self.log_every == 0:
+                    self._sync(sums, synced, epoch, bar, log=True)
+                if i + 1 < total and (self.preemption.received or (self.ckpt_every and step % self.ckpt_every == 0)):
+                    self._sync(sums, synced, epoch, bar, log=False)  # never checkpoint NaN weights
+                    path = self.files.save_recovery({**self.checkpoint_state(), "epoch_sums": sums.state_dict()})
+                    self._check_preempted(path)
             tick = time.perf_counter()
         bar.close()
+        totals = self._sync(sums, synced, epoch, None, log=False)
         elapsed = time.perf_counter() - start
-        return {"loss": total_loss / max(seen, 1), "images_per_s": seen / max(elapsed, 1e-9),
+        return {**sums.means(totals), "images_per_s": seen_here / max(elapsed, 1e-9),
                 "data_wait_frac": data_wait / max(elapsed, 1e-9), "lr": self.schedule.lrs()["lr"]}
 
     @torch.no_grad()
     def validate(self, loader, epoch: int) -> tuple[dict[str, float], list[Path]]:
         self.task.eval()
         self.task.reset_metrics()
-        n_batches = _n_batches(loader, self.limit)
-        total_loss, seen, artifacts = 0.0, 0, []
-        bar = tqdm(total=n_batches, desc=f"epoch {epoch + 1} val", unit="batch", leave=False,
+        total = n_batches(loader, self.limit)
+        prepare_epoch(loader, epoch, int(self.cfg.get("seed", 0)), 0)
+        sums, artifacts = StepSums(self.precision.device), []
+        bar = tqdm(total=total, desc=f"epoch {epoch + 1} val", unit="batch", leave=False,
                    disable=not (self.is_main and self.cfg.get("progress", True)))
         for i, batch in enumerate(loader):
-            if i >= n_batches:
+            if i >= total:
                 break
-            images = self._images(batch)
+            batch = to_device(batch, self.precision.device, self.channels_last)
             with self.precision.autocast():
-                outputs = self.model(images)
-            loss, _ = self.task.loss(outputs, batch)
-            self.task.update_metrics(outputs, batch)
-            total_loss += loss.item() * images.shape[0]
-            seen += images.shape[0]
-            if i == 0 and self.is_main:
+                out = self.task.validation_step(batch)
+            outputs = out.pop("outputs", None)
+            sums.add(out, self.task.batch_size(batch))
+            if i == 0 and self.is_main and outputs is not None:
                 artifacts = self.task.epoch_artifacts(batch, outputs, self.run_dir / "artifacts", epoch + 1)
             bar.update()
         bar.close()
-        metrics = {"loss": total_loss / max(seen, 1), **self.task.compute_metrics()}
+        metrics = {**sums.means(), **self.task.compute_metrics(), **self.task.on_validation_epoch_end()}
         return metrics, artifacts
 
     # ---------------------------------------------------------------- steps
-    def _images(self, batch) -> torch.Tensor:
-        images = batch["image"].to(self.precision.device, non_blocking=True)
-        return images.contiguous(memory_format=torch.channels_last) if self.channels_last else images
-
     def _optimizer_step(self) -> None:
         clip = self.cfg.get("grad_clip_norm")
         if clip:
@@ -161,10 +174,45 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         self.schedule.step_batch()
         self.state.global_step += 1
+        self.task.on_after_optimizer_step(self.state.global_step, self._max_steps)
+
+    def _sync(self, sums: StepSums, synced: dict, epoch: int, bar, log: bool) -> dict[str, float]:
+        """The only host sync of the step loop: read the sums, check finiteness, log the window."""
+        totals = sums.totals()
+        step = self.state.global_step
+        bad = StepSums.non_finite(totals)
+        if bad:
+            raise NonFiniteLossError(
+                f"non-finite {', '.join(bad)} at epoch {epoch + 1}, between optimizer steps {synced['step'] + 1} "
+                f"and {step} (checked every trainer.log_every_n_steps={self.log_every}): lower optimizer.lr, "
+                "enable trainer.grad_clip_norm, or try trainer.amp=off; the last good checkpoint is "
+                f"{self._last_good()}")
+        if log and self.is_main and step > synced["step"]:
+            means = {f"train/{k}": (v - synced["totals"].get(k, 0.0)) / (sums.counts[k] - synced["counts"].get(k, 0))
+                     for k, v in totals.items() if sums.counts[k] > synced["counts"].get(k, 0)}
+            self.tracker.log_metrics({**means, **{f"train/{k}": v for k, v in self.schedule.lrs().items()}},
+                                     step=step)
+            if bar is not None and "train/loss" in means:
+                bar.set_postfix(loss=f"{means['train/loss']:.4f}")
+        synced.update(step=step, totals=totals, counts=dict(sums.counts))
+        return totals
+
+    def _last_good(self) -> Path:
+        rec, last = self.files.recovery, self.files.last
+        if rec.exists() and (not last.exists() or rec.stat().st_mtime >= last.stat().st_mtime):
+            return rec
+        return last
+
+    def _check_preempted(self, path: Path | None = None) -> None:
+        if self.preemption.received:
+            raise Preempted(self.preemption.received, path if path is not None else self._last_good(),
+                            self.state.global_step)
 
     # ---------------------------------------------------------------- best / stop
-    def _update_best(self, value: float | None, epoch: int) -> bool:
+    def _update_best(self, value: float | None, epoch: int, val_logs: dict[str, float]) -> bool:
         if value is None or (isinstance(value, float) and math.isnan(value)):
+            self.state.bad_epochs += 1
+            self._warn_no_monitor(value, epoch, val_logs)
             return False
         mode = self.task.monitor_mode
         min_delta = float(self.cfg.get("early_stopping", {}).get("min_delta", 0.0))
@@ -176,45 +224,50 @@ class Trainer:
             self.state.bad_epochs += 1
         return better
 
+    def _warn_no_monitor(self, value, epoch: int, val_logs: dict[str, float]) -> None:
+        name = f"val/{self.task.monitor}"
+        prevalence = val_logs.get("prevalence")
+        if value is None:
+            why = f"{name} is missing (validation gave {sorted(val_logs) or 'nothing'}: empty or unlabelled validation?)"
+        elif prevalence is not None and prevalence in (0.0, 1.0):
+            why = f"{name} is NaN: validation has no {'positive' if prevalence == 0.0 else 'negative'} images"
+        else:
+            why = f"{name} is NaN"
+        warnings.warn(f"epoch {epoch + 1}: {why}; counted as a bad epoch ({self.state.bad_epochs} so far) and "
+                      "best.pt not updated — check the validation split (trainer.limit_batches, data.val_fraction)",
+                      RuntimeWarning, stacklevel=2)
+
     def _should_stop(self) -> bool:
         es = self.cfg.get("early_stopping") or {}
         return bool(es.get("enabled", False)) and self.state.bad_epochs >= int(es.get("patience", 5))
 
     # ---------------------------------------------------------------- checkpoints
     def checkpoint_state(self) -> dict[str, Any]:
-        s = self.state
         return {"model": self.task.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.schedule.state_dict(), "scaler": self.scaler.state_dict(),
-                "epoch": s.epoch, "global_step": s.global_step, "best": s.best, "best_epoch": s.best_epoch,
-                "bad_epochs": s.bad_epochs, "history": s.history, "rng": rng_state(),
+                **self.state.as_dict(), "rng": rng_state(),
                 "config": self.config_yaml, "meta": {**self.meta, "monitor": self.task.monitor,
                                                      "monitor_mode": self.task.monitor_mode,
                                                      "task_hparams": self.task.hparams()}}
 
-    def _save(self, improved: bool) -> None:
-        if not self.is_main:
-            return
-        state = self.checkpoint_state()
-        save_checkpoint(state, self.ckpt_dir / "last.pt")
-        if improved or not (self.ckpt_dir / "best.pt").exists():
-            save_checkpoint(state, self.ckpt_dir / "best.pt")
-
     def restore(self, path: Path) -> None:
-        ckpt = load_checkpoint(path, map_location=self.precision.device)
-        self.task.load_state_dict(ckpt["model"])
-        self.optimizer.load_state_dict(ckpt["optimizer"])
+        ckpt = load_checkpoint(path, map_location="cpu")  # RNG states must stay CPU tensors
+        self.task.load_state_dict(ckpt["model"])            # copies into the params on the device
+        self.optimizer.load_state_dict(ckpt["optimizer"])   # casts state to each param's device
         self.schedule.load_state_dict(ckpt["scheduler"])
         self.scaler.load_state_dict(ckpt["scaler"])
-        self.state = FitState(epoch=ckpt["epoch"], global_step=ckpt["global_step"], best=ckpt["best"],
-                              best_epoch=ckpt["best_epoch"], bad_epochs=ckpt["bad_epochs"],
-                              history=list(ckpt["history"]))
+        self.state = FitState.from_checkpoint(ckpt)
+        self._epoch_sums = ckpt.get("epoch_sums")
         set_rng_state(ckpt["rng"])
         source_best = Path(path).parent / "best.pt"
-        if self.is_main and source_best.is_file() and source_best.resolve() != (self.ckpt_dir / "best.pt").resolve():
+        if self.is_main and source_best.is_file() and source_best.resolve() != self.files.best.resolve():
             self.ckpt_dir.mkdir(parents=True, exist_ok=True)  # the best weights travel with the run
-            shutil.copyfile(source_best, self.ckpt_dir / "best.pt")
+            from cxrssl.atomic import atomic_copy
+
+            atomic_copy(source_best, self.files.best)  # a kill mid-copy never leaves half a best.pt
         if self.is_main:
-            print(f"resumed from {path} at epoch {self.state.epoch}, step {self.state.global_step}")
+            where = f", batch {self.state.batch_cursor} of epoch {self.state.epoch + 1}" if self.state.batch_cursor else ""
+            print(f"resumed from {path} at epoch {self.state.epoch}, step {self.state.global_step}{where}", flush=True)
 
     # ---------------------------------------------------------------- reporting
     def _report_epoch(self, record: dict, improved: bool, artifacts: list[Path]) -> None:
@@ -241,15 +294,4 @@ class Trainer:
                 "precision": self.precision.name, "device": str(self.precision.device)}
 
 
-def _n_batches(loader, limit) -> int:
-    n = len(loader)
-    return min(n, int(limit)) if limit else n
-
-
-def _set_epoch(loader, epoch: int, seed: int) -> None:
-    """Make the shuffle order a function of (seed, epoch) so a resumed run sees the same batches."""
-    sampler = getattr(loader, "sampler", None)
-    if hasattr(sampler, "set_epoch"):
-        sampler.set_epoch(epoch)
-    elif getattr(sampler, "generator", None) is not None:
-        sampler.generator.manual_seed(seed * 100003 + epoch)
+__all__ += ["weights_only"]

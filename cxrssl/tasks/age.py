@@ -43,7 +43,7 @@ class AgeTask(Task):
             return empty_loss(outputs["age"]), {}
         pred = outputs["age"][valid] / self.age_scale
         loss = _LOSSES[self.loss_name](pred, target[valid] / self.age_scale)
-        return loss, {"loss": loss.item()}
+        return loss, {"loss": loss.detach()}
 
     def update_metrics(self, outputs, batch):
         target, valid = masked_target(batch, "age", outputs["age"].device)

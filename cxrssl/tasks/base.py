@@ -25,7 +25,8 @@ class Task(nn.Module, ABC):
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]: ...
 
     @abstractmethod
-    def loss(self, outputs: dict[str, torch.Tensor], batch: dict) -> tuple[torch.Tensor, dict[str, float]]: ...
+    def loss(self, outputs: dict[str, torch.Tensor], batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """(loss with grad, {name: detached 0-dim tensor}); no `.item()` — the loop syncs rarely."""
 
     @abstractmethod
     def update_metrics(self, outputs: dict[str, torch.Tensor], batch: dict) -> None: ...
@@ -35,6 +36,33 @@ class Task(nn.Module, ABC):
 
     @abstractmethod
     def reset_metrics(self) -> None: ...
+
+    # ------------------------------------------------------------ engine interface (notes/INTERFACE.md)
+    def training_step(self, batch: dict) -> dict[str, torch.Tensor]:
+        """`batch` is already on the device; called inside autocast. Returns {"loss": scalar with
+        grad, <name>: detached 0-dim tensors to log}. Multi-view / teacher-student tasks override."""
+        outputs = self(batch["image"])
+        loss, logs = self.loss(outputs, batch)
+        return {**logs, "loss": loss}
+
+    @torch.no_grad()
+    def validation_step(self, batch: dict) -> dict[str, torch.Tensor]:
+        """Same contract under no_grad; updates the metrics. "outputs" feeds `epoch_artifacts`."""
+        outputs = self(batch["image"])
+        loss, logs = self.loss(outputs, batch)
+        self.update_metrics(outputs, batch)
+        return {**logs, "loss": loss.detach(), "outputs": outputs}
+
+    def on_after_optimizer_step(self, global_step: int, max_steps: int) -> None:
+        """After each optimizer step (EMA/momentum teachers, temperature schedules). Default: nothing."""
+
+    def batch_size(self, batch: dict) -> int:
+        """Images in `batch` (for per-image loss averages and images/s)."""
+        return len(batch["image"])
+
+    def on_validation_epoch_end(self) -> dict[str, float]:
+        """Extra epoch-level validation numbers (e.g. collapse statistics); merged into val logs."""
+        return {}
 
     def epoch_artifacts(self, batch: dict, outputs: dict[str, torch.Tensor], out_dir: Path,
                         epoch: int) -> list[Path]:

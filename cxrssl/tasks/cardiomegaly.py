@@ -84,12 +84,12 @@ class CardiomegalyTask(Task):
         logs = {}
         cls = self.imbalance.loss(outputs["logit"][valid], target[valid]) if valid.any() else empty_loss(outputs["logit"])
         loss = cls
-        logs["cls_loss"] = cls.item()
+        logs["cls_loss"] = cls.detach()
         if self.decoder is not None:
             recon = ((outputs["recon"] - outputs["input"].float()) ** 2).mean()
             loss = loss + self.recon_weight * recon
-            logs["recon_loss"] = recon.item()
-        logs["loss"] = loss.item()
+            logs["recon_loss"] = recon.detach()
+        logs["loss"] = loss.detach()
         return loss, logs
 
     # ------------------------------------------------------------ metrics

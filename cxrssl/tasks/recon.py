@@ -68,7 +68,7 @@ class ReconTask(Task):
     def loss(self, outputs, batch):
         total, n = self._squared_error(outputs)
         loss = total / n.clamp_min(1.0)
-        return loss, {"loss": loss.item()}
+        return loss, {"loss": loss.detach()}
 
     def update_metrics(self, outputs, batch):
         total, n = self._squared_error(outputs)

@@ -34,7 +34,7 @@ class SexTask(Task):
             return empty_loss(outputs["logit"]), {}
         smooth = target[valid] * (1 - self.label_smoothing) + 0.5 * self.label_smoothing
         loss = F.binary_cross_entropy_with_logits(outputs["logit"][valid], smooth)
-        return loss, {"loss": loss.item()}
+        return loss, {"loss": loss.detach()}
 
     def update_metrics(self, outputs, batch):
         target, valid = masked_target(batch, "sex", outputs["logit"].device)

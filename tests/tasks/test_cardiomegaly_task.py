@@ -89,7 +89,8 @@ def test_nan_labels_are_ignored_and_dual_loss_adds_reconstruction():
     batch = {"cardiomegaly": torch.tensor([1.0, float("nan"), 0.0])}
     loss, logs = t.loss(out, batch)
     assert torch.isfinite(loss) and logs["recon_loss"] > 0
-    assert logs["loss"] == pytest.approx(logs["cls_loss"] + 0.5 * logs["recon_loss"], rel=1e-5)
+    assert all(isinstance(v, torch.Tensor) and v.ndim == 0 and not v.requires_grad for v in logs.values())
+    assert float(logs["loss"]) == pytest.approx(float(logs["cls_loss"] + 0.5 * logs["recon_loss"]), rel=1e-5)
 
 
 def test_unknown_strategy_and_imbalance_are_refused():
@@ -113,4 +114,4 @@ def test_undersampled_epoch_smaller_than_a_batch_still_trains(tmp_path):
     sampler = UndersampleSampler(rows["cardiomegaly"], ratio=1.0)
     loader = build_dataloaders(cfg, rows, seed=0, splits=("train",), train_sampler=sampler)["train"]
     assert len(loader) == 1 and not loader.drop_last  # 4 sampled images < batch 16: one batch, not none
-    assert loader.sampler is sampler
+    assert loader.sampler.base is sampler  # wrapped in the resumable (seed, epoch) sampler

@@ -5,7 +5,7 @@ import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
 from cxrssl.commands.report import finish_run, run_dir_from_hydra, start_run_tracking
-from cxrssl.commands.training import fit_task, resume_point
+from cxrssl.commands.training import checkpoint_artifacts, fit_task, report_lr_find, resume_point
 from cxrssl.commands.validation import check_config
 from cxrssl.engine.checkpoint import load_checkpoint, save_checkpoint
 from cxrssl.engine.precision import resolve_precision
@@ -13,23 +13,41 @@ from cxrssl.engine.seed import seed_everything
 from cxrssl.errors import ConfigError
 
 
-def finetune_table(table: pd.DataFrame, label_fraction: float, seed: int) -> pd.DataFrame:
+def finetune_table(table: pd.DataFrame, label_fraction: float, seed: int,
+                   scale_val: bool = False) -> pd.DataFrame:
     """Labelled rows only; the training split reduced to `label_fraction` of its patients
-    (stratified, seeded: the same subset for every method at the same fraction and seed)."""
+    (stratified, seeded: the same subset for every method at the same fraction and seed).
+    `scale_val` (data.scale_val_labels) reduces the validation split by the same fraction, so the
+    labels that pick the epoch and threshold are as scarce as the training labels."""
     from cxrssl.data.splits import label_subset
 
     labelled = table[table["cardiomegaly"].notna()]
     train = labelled[labelled["split"] == "train"]
+    val = labelled[labelled["split"] == "val"]
     if not 0 < label_fraction <= 1:
         raise ConfigError(f"data.label_fraction={label_fraction}: must be in (0, 1]")
     if label_fraction < 1:
         train = label_subset(train, label_fraction, seed)
-    for split, rows in (("train", train), ("val", labelled[labelled["split"] == "val"])):
+        if scale_val:
+            val = label_subset(val, label_fraction, seed, split="val")
+    for split, rows in (("train", train), ("val", val)):
         classes = sorted(rows["cardiomegaly"].unique())
         if len(classes) < 2:
             raise ConfigError(f"finetune: the {split} split has {len(rows)} labelled images of class(es) {classes}; "
                              "both classes are needed (raise data.label_fraction or data.val_fraction)")
-    return pd.concat([train, labelled[labelled["split"] != "train"]])
+    return pd.concat([train, val, labelled[~labelled["split"].isin(("train", "val"))]])
+
+
+def label_seed(data_cfg) -> int:
+    """`data.label_seed` (which label subset; repeats of a study vary it) or else `data.split_seed`."""
+    seed = data_cfg.get("label_seed")
+    return int(data_cfg.get("split_seed", 0) if seed is None else seed)
+
+
+def trained_table(table: pd.DataFrame, data_cfg) -> pd.DataFrame:
+    """The rows a checkpoint was fine-tuned and validated on, rebuilt from its data config."""
+    return finetune_table(table, float(data_cfg.get("label_fraction", 1.0)), label_seed(data_cfg),
+                          bool(data_cfg.get("scale_val_labels", False)))
 
 
 def _decoder_width(source: dict) -> int:
@@ -41,6 +59,7 @@ def _decoder_width(source: dict) -> int:
 
 def run(cfg: DictConfig) -> float | None:
     from cxrssl.commands.inference import predict_probabilities, predictions_table
+    from cxrssl.commands.patient_guard import check_patients, overlap_tags, patient_record
     from cxrssl.data.loaders import build_dataloaders, data_summary, prepare_table, write_data_reports
     from cxrssl.evaluation import choose_threshold
     from cxrssl.models import Classifier
@@ -62,7 +81,13 @@ def run(cfg: DictConfig) -> float | None:
     with tracker:
         precision = resolve_precision(cfg.trainer.device, cfg.trainer.amp)
         full_table = prepare_table(cfg.data)
-        table = finetune_table(full_table, float(cfg.data.label_fraction), int(cfg.data.split_seed))
+        table = trained_table(full_table, cfg.data)
+        pretrain_patients = source.pop("pretrain_patients", None)  # tensors: not for summary.json
+        overlap = check_patients({"pretrain_patients": pretrain_patients},
+                                 {s: table[table["split"] == s] for s in ("val", "test")},
+                                 allow=bool(ft.get("allow_pretrain_overlap", False)),
+                                 key="finetune.allow_pretrain_overlap", data_cfg=cfg.data)
+        tracker.set_tags(overlap_tags(overlap))
         imbalance_cfg = OmegaConf.to_container(cfg.imbalance, resolve=True)
         built = {}
 
@@ -83,8 +108,12 @@ def run(cfg: DictConfig) -> float | None:
             task.decoder.load_state_dict(source.pop("decoder_state"))
         source.pop("decoder_state", None)
         meta = {"command": "finetune", "pretext": tags["pretext"], "pretrained": source,
+                "pretrain_patients": pretrain_patients,
+                "finetune_patients": patient_record(table[table["split"] == "train"], cfg.data),
                 "label_fraction": float(cfg.data.label_fraction), "threshold_rule": str(cfg.evaluate.threshold)}
         result = fit_task(cfg, task, loaders, precision, tracker, run_dir, resume_from, meta)
+        if "epochs_completed" not in result:  # lr_find=true: the LR range test only
+            return report_lr_find(cfg, tracker, run_dir, result["lr_find"])
 
         # Decision threshold: chosen on validation with the best checkpoint, saved inside it.
         ckpt_dir = run_dir / "checkpoints"
@@ -113,9 +142,8 @@ def run(cfg: DictConfig) -> float | None:
                     f"next:        cxrssl evaluate checkpoint={ckpt_dir / 'best.pt'}"]
         artifacts = [("data", reports["splits"]), ("data", reports["skipped"]),
                      ("predictions", run_dir / "val_predictions.csv")]
-        if cfg.mlflow.get("log_model", True):
-            artifacts.append(("checkpoints", ckpt_dir / "best.pt"))
-        finish_run(cfg, tracker, run_dir, {**result, "threshold": threshold, "threshold_rule": str(cfg.evaluate.threshold),
+        artifacts += checkpoint_artifacts(cfg, ckpt_dir)  # mlflow.log_checkpoints=best|all|none
+        finish_run(cfg, tracker, run_dir, {**result, "pretrain_overlap": overlap, "threshold": threshold, "threshold_rule": str(cfg.evaluate.threshold),
                                            "pretrained": source, "strategy": ft.strategy, "imbalance": imbalance.describe(),
                                            "label_fraction": float(cfg.data.label_fraction), "n_train": n_train,
                                            "data": data_summary(table),

@@ -96,17 +96,18 @@ def check_no_leakage(table: pd.DataFrame) -> None:
 
 
 def label_subset(table: pd.DataFrame, fraction: float, seed: int,
-                 label: str = "cardiomegaly") -> pd.DataFrame:
-    """Keep ``fraction`` of the training patients (stratified by ``label``); val/test untouched.
+                 label: str = "cardiomegaly", split: str = "train") -> pd.DataFrame:
+    """Keep ``fraction`` of the training patients (stratified by ``label``); other splits untouched.
 
-    Rows with ``split == "train"`` are subsampled (all rows when no split is set). Per stratum the
+    Rows with ``split == split`` (default "train"; "val" scales the validation labels the same way)
+    are subsampled (all rows when no split is set). Per stratum the
     patients with the smallest hash keys are kept, at least one per labelled stratum, so a smaller
     fraction is a subset of a larger one for the same seed and the choice depends on nothing else."""
     if not 0.0 < float(fraction) <= 1.0:
         raise MetadataError(f"label fraction must be in (0, 1], got {fraction}")
     if fraction >= 1.0:
         return table.copy()
-    is_train = table["split"].eq("train") if table["split"].notna().any() else \
+    is_train = table["split"].eq(split) if table["split"].notna().any() else \
         pd.Series(True, index=table.index)
     train = table[is_train]
     strata = patient_strata(train, label)

@@ -47,6 +47,9 @@ def fit_task(cfg: DictConfig, task: Task, loaders: dict, precision: Precision,
     trainer_cfg = OmegaConf.to_container(cfg.trainer, resolve=True)
     optimizer = build_optimizer(OmegaConf.to_container(cfg.optimizer, resolve=True),
                                 task.optimizer_groups(float(cfg.optimizer.get("weight_decay", 0.0))))
+    lr_found = _lr_range_test(cfg, task, optimizer, loaders, precision, tracker, run_dir, resume_from)
+    if lr_found is not None and lr_found["mode"] == "report":
+        return {"lr_find": lr_found}  # lr_find=true: report and stop, no training
     limit = trainer_cfg.get("limit_batches")
     batches = min(len(loaders["train"]), int(limit)) if limit else len(loaders["train"])
     accumulate = max(int(trainer_cfg.get("accumulate_grad_batches", 1)), 1)
@@ -60,5 +63,37 @@ def fit_task(cfg: DictConfig, task: Task, loaders: dict, precision: Precision,
     print(f"training {task.name} on {len(loaders['train'].dataset)} images "
           f"(val {len(loaders['val'].dataset)}) | {cfg.backbone.name} @ {cfg.data.image_size}px | "
           f"{precision.device} {precision.name} | run dir {run_dir}", flush=True)
-    return trainer.fit(loaders["train"], loaders["val"], resume_from=resume_from)
+    result = trainer.fit(loaders["train"], loaders["val"], resume_from=resume_from)
+    return {**result, "lr_find": lr_found} if lr_found is not None else result
+
+
+def _lr_range_test(cfg: DictConfig, task: Task, optimizer, loaders: dict, precision: Precision, tracker,
+                   run_dir: Path, resume_from: Path | None) -> dict[str, Any] | None:
+    """lr_find=true|apply (cxrssl/engine/lr_find.py): run the range test before the LR schedule is
+    built; `apply` then sets optimizer.lr to the suggestion. A resumed run keeps its own LR."""
+    from cxrssl.engine.lr_find import apply_lr, find_lr_for_run, lr_find_mode
+
+    mode = lr_find_mode(cfg.get("lr_find"))
+    if mode is None or (mode == "apply" and resume_from is not None):
+        return None
+    found = find_lr_for_run(OmegaConf.to_container(cfg.lr_finder, resolve=True), task, optimizer, loaders["train"],
+                            precision, tracker, run_dir, cfg.trainer.get("grad_clip_norm"))
+    if mode == "apply":
+        apply_lr(optimizer, found["suggested_lr"])
+        tracker.log_params({"lr_find.applied_lr": found["suggested_lr"]})
+    return {**found, "mode": mode}
+
+
+def report_lr_find(cfg: DictConfig, tracker, run_dir: Path, found: dict[str, Any]) -> float:
+    """lr_find=true ends here: summary.json with the curve's suggestions; returns the suggested LR."""
+    from cxrssl.commands.report import finish_run
+
+    command = str(cfg.command)
+    finish_run(cfg, tracker, run_dir, {"lr_find": found},
+               [f"{command} LR range test: suggested optimizer.lr={found['suggested_lr']:.3g} ({found['suggestion']}; "
+                f"steepest {found['steepest']:.3g}, min/10 {found['min_div_10']:.3g})",
+                f"plot:        {found['plot']}",
+                f"next:        cxrssl {command} optimizer.lr={found['suggested_lr']:.3g}   (or lr_find=apply)"],
+               [])  # the curve and plot are already logged under lr_find/
+    return float(found["suggested_lr"])
 

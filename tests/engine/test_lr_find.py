@@ -1,0 +1,118 @@
+"""The LR range test: suggestions from a curve, exact restoration, and a known-good LR on the phantom."""
+from __future__ import annotations
+
+import copy
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from cxrssl.engine.lr_find import apply_lr, lr_find_mode, lr_range_test, suggest
+from cxrssl.engine.optim import build_optimizer
+from cxrssl.engine.precision import resolve_precision
+from cxrssl.engine.seed import seed_everything
+from cxrssl.models import create_encoder
+from cxrssl.tasks.age import AgeTask
+from tests.helpers import toy_loaders
+
+
+def test_suggestions_on_a_known_curve():
+    # Loss falls fastest at 1e-3 (a logistic step in log10 LR), bottoms out at 1e-1, then blows up.
+    lrs = np.logspace(-6, 0, 121)
+    x = np.log10(lrs)
+    loss = 1.0 - 0.8 / (1 + np.exp(-3 * (x + 3))) + 0.6 * np.clip(x + 1, 0, None) ** 2
+    steepest, min_div_10 = suggest(list(lrs), list(loss))
+    assert steepest == pytest.approx(1e-3, rel=0.3)
+    minimum = lrs[int(np.argmin(loss))]
+    assert min_div_10 == pytest.approx(minimum / 10, rel=0.01)
+    assert suggest([1e-5, 1e-4], [1.0, 0.9]) == (None, None)  # too few points to say anything
+
+
+def test_mode_values_and_bad_input():
+    assert lr_find_mode(False) is None and lr_find_mode(None) is None
+    assert lr_find_mode(True) == "report" and lr_find_mode("apply") == "apply"
+    with pytest.raises(ValueError, match="lr_find='sometimes'"):
+        lr_find_mode("sometimes")
+
+
+def make_task():
+    seed_everything(0)
+    task = AgeTask(create_encoder("test_resnet"), train_mean_age=55.0)
+    optimizer = build_optimizer({"name": "adamw", "lr": 1e-3, "weight_decay": 0.01}, task.optimizer_groups(0.01))
+    return task, optimizer
+
+
+def test_finder_restores_weights_optimizer_rng_and_data_order():
+    task, optimizer = make_task()
+    loaders = toy_loaders(n=48, batch_size=16)
+    precision = resolve_precision("cpu", "off")
+    # One real step first, so the optimizer has moments to restore and BatchNorm has statistics.
+    batch = next(iter(loaders["train"]))
+    loss, _ = task.loss(task(batch["image"]), batch)
+    loss.backward()
+    optimizer.step()
+    optimizer.zero_grad()
+    weights = copy.deepcopy(task.state_dict())
+    moments = copy.deepcopy(optimizer.state_dict())
+    torch_rng = torch.get_rng_state().clone()
+    order = loaders["train"].generator.get_state().clone()
+
+    result = lr_range_test(task, optimizer, loaders["train"], precision, start_lr=1e-5, end_lr=1.0, num_steps=12)
+
+    assert len(result.lrs) >= 8 and result.lrs[0] == pytest.approx(1e-5)  # it did train (and cycled the loader)
+    after = task.state_dict()
+    assert after.keys() == weights.keys()
+    for key, value in weights.items():
+        assert torch.equal(after[key], value), f"{key} changed by the LR range test"
+    restored = optimizer.state_dict()
+    assert [g["lr"] for g in restored["param_groups"]] == [g["lr"] for g in moments["param_groups"]]
+    for pid, state in moments["state"].items():
+        for name, tensor in state.items():
+            assert torch.equal(torch.as_tensor(restored["state"][pid][name]), torch.as_tensor(tensor)), (pid, name)
+    assert torch.equal(torch.get_rng_state(), torch_rng)
+    assert torch.equal(loaders["train"].generator.get_state(), order)
+    assert task.training  # mode restored too
+
+
+def test_apply_keeps_group_ratios():
+    task, optimizer = make_task()
+    optimizer.param_groups[0]["lr_scale"] = 0.1
+    apply_lr(optimizer, 3e-3)
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(3e-4)
+    assert optimizer.param_groups[1]["lr"] == pytest.approx(3e-3)
+
+
+# ----------------------------------------------------------------------------- the phantom
+PHANTOM = ["backbone=tiny", "data.image_size=64", "data.synthetic.preset=easy", "data.synthetic.n_patients=100",
+           "data.synthetic.native_size=96", "data.num_workers=0", "data.augment.rotate_limit=0",
+           "data.augment.scale_limit=0", "data.augment.brightness_contrast=0"]
+
+
+def phantom_tensors(split: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """The easy phantom's labelled `split` images (64 px, through the real data pipeline) in memory."""
+    from cxrssl.commands.inprocess import compose_config
+    from cxrssl.data.loaders import build_dataloaders, prepare_table
+
+    cfg = compose_config("finetune", PHANTOM)
+    table = prepare_table(cfg.data)
+    table = table[table["cardiomegaly"].notna()]
+    loader = build_dataloaders(cfg.data, table, seed=0, splits=(split,))[split]
+    images, labels = zip(*[(b["image"], b["cardiomegaly"]) for b in loader])
+    return torch.cat(images), torch.cat(labels).float()
+
+
+def phantom_loader(images, labels, batch_size=32, seed=0):
+    data = [{"image": x, "cardiomegaly": y} for x, y in zip(images, labels)]
+    return torch.utils.data.DataLoader(data, batch_size=batch_size, shuffle=True,
+                                       generator=torch.Generator().manual_seed(seed))
+
+
+def cardiomegaly_task(labels):
+    from cxrssl.tasks.cardiomegaly import CardiomegalyTask
+    from cxrssl.tasks.imbalance import build_imbalance
+
+    seed_everything(0)
+    task = CardiomegalyTask(create_encoder("test_resnet"), build_imbalance({"name": "none"}, labels.numpy(), 0))
+    optimizer = build_optimizer({"name": "adamw", "lr": 1e-3, "weight_decay": 0.0}, task.optimizer_groups(0.0))
+    return task, optimizer

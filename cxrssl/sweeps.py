@@ -23,12 +23,13 @@ mlflow is imported inside functions only: this module sits on the CLI start-up p
 from __future__ import annotations
 
 import math
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from cxrssl.errors import InputNotFound
+from cxrssl.errors import ConfigError, InputNotFound
 from cxrssl.tracking_store import TrackingUnavailable, original_cwd, resolve_tracking_uri, sqlite_db_path, store_lock
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -237,6 +238,8 @@ def _parse_run_ref(ref: str, artifact_path: str) -> tuple[str, str]:
     ref = str(ref).strip()
     if ref.startswith("runs:/"):
         run_id, _, path = ref[len("runs:/") :].strip("/").partition("/")
+        if ".." in Path(path).parts or "\\" in path:
+            raise ConfigError(f"{ref[:200]}: an artifact path may not contain '..'; name a file inside the run")
         return run_id, path or artifact_path
     return ref, artifact_path
 
@@ -274,7 +277,10 @@ def resolve_run_artifact(
 
     artifact_uri = run.info.artifact_uri or ""
     if artifact_uri.startswith("file:"):
-        local = Path(unquote(urlparse(artifact_uri).path)) / path
+        root = Path(unquote(urlparse(artifact_uri).path))
+        local = root / path
+        if not os.path.realpath(local).startswith(os.path.realpath(root) + os.sep):  # links out of the store
+            raise ConfigError(f"runs:/{run_id}/{path[:200]} resolves outside the run's artifacts ({root})")
         if not local.is_file():
             raise missing()
         return local

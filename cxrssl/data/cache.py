@@ -6,7 +6,7 @@ over 100k images would starve the GPU. The cache stores the output of
 
 Layout: ``<data.cache.dir>/<source>-<settings hash>/shard-<hash>/{images.npy, index.csv, COMPLETE}``.
 The store is keyed by source and preprocessing settings (image size, resize mode, equalisation,
-CLAHE clip, cache version); inside it every image is keyed by its fingerprint (absolute path, mtime,
+CLAHE clip, cache version); inside it every image is keyed by its fingerprint (absolute path, mtime, inode, ctime,
 size), so a changed file is decoded again and a table that is a subset of what was cached (a label
 fraction, the test split) reuses it. Only missing images are built, into a new shard, streamed in
 bounded chunks (optionally by several processes), written to a temporary folder and renamed into
@@ -62,12 +62,14 @@ def store_dir(data_cfg: Any, source: str) -> Path:
 
 
 def fingerprints(paths: Sequence[str]) -> list[str]:
-    """``path|mtime_ns|size`` per file: the per-image cache key (a changed file is rebuilt)."""
+    """``path|mtime_ns|size|inode|ctime_ns`` per file: the per-image cache key (a changed file is
+    rebuilt). Inode and ctime catch a file replaced by a same-size one whose mtime was restored
+    (``cp -p``, ``touch -r``, rsync): ctime cannot be set back from user space."""
     out = []
     for path in paths:
         try:
             stat = os.stat(path)
-            out.append(f"{path}|{stat.st_mtime_ns}|{stat.st_size}")
+            out.append(f"{path}|{stat.st_mtime_ns}|{stat.st_size}|{stat.st_ino}|{stat.st_ctime_ns}")
         except OSError:
             out.append(f"{path}|missing|0")
     return out

@@ -39,6 +39,15 @@ examples:
 """
 
 
+def _source_checkout_plugins() -> None:
+    """Hydra finds plugins (our Optuna sweeper) by listing the `hydra_plugins` namespace package; an
+    editable install's import hook cannot be listed, so a source checkout puts its root on sys.path.
+    A wheel install ships hydra_plugins/ in site-packages and needs nothing."""
+    root = Path(__file__).resolve().parent.parent
+    if (root / "hydra_plugins" / "cxrssl_optuna_sweeper").is_dir() and str(root) not in sys.path:
+        sys.path.append(str(root))
+
+
 def config_dir() -> Path:
     """The packaged `conf/` (shipped inside the wheel as `cxrssl.conf`); in a source checkout that
     is not installed (PYTHONPATH=.), the top-level `conf/` beside the package."""
@@ -95,6 +104,7 @@ def main(argv: list[str] | None = None) -> int | None:
         print(f"cxrssl: unknown command {command!r}\n\n{_usage()}", file=sys.stderr)
         return 2
     _completion_line_without_command(command)
+    _source_checkout_plugins()
     import hydra
 
     def task_function(cfg):

@@ -23,7 +23,8 @@ def wheel(tmp_path_factory) -> Path:
 def test_wheel_ships_every_config_and_subpackage(wheel):
     names = set(zipfile.ZipFile(wheel).namelist())
     configs = {f"cxrssl/conf/{p.relative_to(ROOT / 'conf')}" for p in (ROOT / "conf").rglob("*.yaml")}
-    modules = {str(p.relative_to(ROOT)) for p in (ROOT / "cxrssl").rglob("*.py")}
+    modules = {str(p.relative_to(ROOT)) for package in ("cxrssl", "hydra_plugins")  # our Hydra sweeper plugin too
+               for p in (ROOT / package).rglob("*.py")}
     assert configs and configs <= names, sorted(configs - names)
     assert modules <= names, f"missing from [tool.setuptools] packages: {sorted(modules - names)}"
 
@@ -40,7 +41,8 @@ def test_installed_wheel_composes_configs_from_elsewhere(wheel, tmp_path):
     assert where.stdout.splitlines()[0].startswith(str(target)) and str(target) in where.stdout.splitlines()[1]
     for command, override in (("pretrain", "pretext=recon"), ("finetune", "imbalance=focal"),
                               ("evaluate", "checkpoint=x.pt"), ("explain", "checkpoint=x.pt"),
-                              ("predict", "checkpoint=x.pt")):
+                              ("predict", "checkpoint=x.pt"),
+                              ("pretrain", "hparams_search=pretrain_optuna")):  # Hydra finds the wheel's sweeper plugin
         job = subprocess.run([sys.executable, "-m", "cxrssl", command, "--cfg", "job", override, "data=nih"],
                              cwd=elsewhere, env=env, capture_output=True, text=True, timeout=120)
         assert job.returncode == 0, job.stderr[-2000:]

@@ -43,11 +43,25 @@ def run(cfg: DictConfig) -> float | None:
         table = prepare_table(data_cfg)
         threshold, rule = _threshold(cfg, info, model, table, data_cfg, precision)
         predictions, _ = predict_split(model, table, data_cfg, split, precision, int(cfg.trainer.seed))
-        cohort = {"train": table[table["split"] == "train"], split: table[table["split"] == split]}
+        recalibration, method = None, str(cfg.evaluate.get("recalibrate") or "none")
+        if method != "none":  # fitted on val; the threshold is re-chosen on the recalibrated val
+            from cxrssl.evaluation.calibration import recalibrate_predictions
+
+            val, _ = predict_split(model, table, data_cfg, "val", precision, int(cfg.trainer.seed))
+            wanted = cfg.evaluate.get("threshold")
+            base_rule = str(wanted if wanted is not None else info.get("meta", {}).get("threshold_rule") or "youden")
+            predictions, threshold, recalibration = recalibrate_predictions(val, predictions, method, base_rule)
+            rule = f"{base_rule} on val after {method} recalibration (fitted on val)"
+        from cxrssl.commands.finetune import trained_table
+
+        trained = trained_table(table, data_cfg)  # the label subset actually trained on
+        cohort = {"train": trained[trained["split"] == "train"], split: table[table["split"] == split]}
         summary = evaluate_predictions(predictions, threshold, run_dir, cohort=cohort,
                                        n_boot=int(cfg.evaluate.n_boot), seed=int(cfg.evaluate.seed),
                                        split_name=split, threshold_rule=rule,
-                                       age_bands=tuple(cfg.evaluate.age_bands), dataset=str(data_cfg.source))
+                                       age_bands=tuple(cfg.evaluate.age_bands), dataset=str(data_cfg.source),
+                                       ci_method=str(cfg.evaluate.get("ci_method") or "percentile"),
+                                       recalibration=recalibration)
         metrics = summary["metrics"]
         tracker.log_metrics({f"{split}/{m}{suffix}": v[key] for m, v in metrics.items()
                              for key, suffix in (("value", ""), ("ci_low", "_ci_low"), ("ci_high", "_ci_high"))

@@ -118,7 +118,7 @@ class BootstrapCI(dict):
     info: dict
 
 
-def bootstrap_ci(pred_df: pd.DataFrame, threshold: float, n_boot: int = 1000, seed: int = 0,
+def bootstrap_ci(pred_df: pd.DataFrame, threshold: float, n_boot: int = 2000, seed: int = 0,
                  alpha: float = 0.05, cluster: str | None = "patient_id", *, n_bins: int = 10,
                  method: str = "percentile", split: str = "data") -> BootstrapCI:
     """Point estimate (scikit-learn) and ``1 - alpha`` bootstrap CI for every metric.
@@ -171,8 +171,10 @@ def _interval(values: np.ndarray, point: float, alpha: float,
 
 def _bca_quantiles(values: np.ndarray, point: float, jackknife: np.ndarray,
                    quantiles: np.ndarray) -> np.ndarray:
-    """Efron's BCa adjustment; falls back to the percentile levels when degenerate."""
-    below = np.mean(values < point)
+    """Efron's BCa adjustment; falls back to the percentile levels when degenerate. Resamples equal
+    to the point estimate (common for discrete metrics such as sensitivity) count half in the
+    bias correction, so ties do not push z0 one way."""
+    below = np.mean(values < point) + 0.5 * np.mean(values == point)  # ties count half
     jack = jackknife[np.isfinite(jackknife)]
     if not 0 < below < 1 or len(jack) < 3:
         return quantiles

@@ -13,6 +13,7 @@ from pathlib import Path
 import pandas as pd
 
 from cxrssl.evaluation.bootstrap import bootstrap_ci
+from cxrssl.evaluation.calibration import calibration_slope_intercept, net_benefit
 from cxrssl.evaluation.cohort import cohort_table
 from cxrssl.evaluation.metrics import METRIC_NAMES, ensure_two_classes, prepare_predictions
 from cxrssl.evaluation.plots import save_plots
@@ -28,10 +29,11 @@ METRIC_LABELS = {
 
 
 def evaluate_predictions(pred_df: pd.DataFrame, threshold: float | str, out_dir: str | Path, *,
-                         cohort: dict[str, pd.DataFrame] | None = None, n_boot: int = 1000,
+                         cohort: dict[str, pd.DataFrame] | None = None, n_boot: int = 2000,
                          seed: int = 0, split_name: str = "test", threshold_rule: str | None = None,
                          cluster: str | None = "patient_id", age_bands=(0, 40, 60, 80, 200),
-                         n_bins: int = 10, dataset: str | None = None) -> dict:
+                         n_bins: int = 10, dataset: str | None = None, ci_method: str = "percentile",
+                         recalibration: dict | None = None) -> dict:
     """Evaluate one split's predictions and write every artefact to ``out_dir``.
 
     ``threshold`` should be chosen on another split (``choose_threshold`` on validation) and
@@ -47,7 +49,7 @@ def evaluate_predictions(pred_df: pd.DataFrame, threshold: float | str, out_dir:
     threshold, threshold_rule = _resolve_threshold(labelled, threshold, threshold_rule, split_name)
 
     ci = bootstrap_ci(labelled, threshold, n_boot=n_boot, seed=seed, cluster=cluster,
-                      n_bins=n_bins, split=split_name)
+                      n_bins=n_bins, split=split_name, method=ci_method)
     metrics = pd.DataFrame([(m, *ci[m]) for m in METRIC_NAMES],
                            columns=["metric", "value", "ci_low", "ci_high"])
     subgroups = subgroup_metrics(labelled, threshold, age_bands)
@@ -76,7 +78,11 @@ def evaluate_predictions(pred_df: pd.DataFrame, threshold: float | str, out_dir:
         "metrics": {m: {"value": v, "ci_low": lo, "ci_high": hi} for m, (v, lo, hi) in ci.items()},
         "bootstrap": {k: v for k, v in ci.info.items() if k != "n_excluded"},
         "subgroup_p_values": dict(zip(tests["attribute"], tests["p_value"])),
+        "calibration": calibration_slope_intercept(labelled["label"], labelled["probability"]),
+        "recalibration": recalibration or {"method": "none"},
     }
+    files["net_benefit"] = out / "net_benefit.csv"  # decision-curve data (plot: explain/report)
+    net_benefit(labelled["label"], labelled["probability"]).to_csv(files["net_benefit"], index=False)
     files["report"] = out / "report.md"
     files["report"].write_text(_markdown(summary, metrics, subgroups, tests, cohort_df, files))
     summary["files"] = {name: str(path) for name, path in files.items()}
@@ -164,6 +170,9 @@ def _markdown(summary: dict, metrics: pd.DataFrame, subgroups: pd.DataFrame, tes
         f"- CIs: {100 * (1 - boot['alpha']):.0f} % {boot['method']} bootstrap, {boot['n_valid']} "
         f"resamples of {'clusters by ' + boot['cluster'] if boot['cluster'] else 'images'} (seed {boot['seed']}; {boot['n_redrawn']} "
         f"one-class resamples redrawn, {boot['n_skipped']} skipped)",
+        f"- calibration: slope {_fmt(summary['calibration']['calibration_slope'])} (1 = ideal), "
+        f"intercept {_fmt(summary['calibration']['calibration_intercept'])} (0 = ideal); recalibration: "
+        f"{summary['recalibration'].get('method', 'none')}",
         "", "## Metrics", "", _markdown_table(_metrics_for_humans(metrics, boot["alpha"])), "",
         "## Subgroups", "", _markdown_table(subgroups.drop(columns=["chi2_p_value"])), "",
         "χ² test of correct vs incorrect counts across the groups of each attribute:", "",

@@ -67,8 +67,10 @@ def main() -> None:
         nonlocal job
         job += 1
         print(f"\n=== [{job}] {command}: {name}", flush=True)
-        return run_command(command, overrides, run_dir=out / "runs" / f"{job:03d}-{command}", sweep_dir=sweep,
-                           job_num=job)[1]
+        run_dir = out / "runs" / f"{job:03d}-{command}"
+        if run_dir.exists():  # a rerun into the same --out (--reuse-pretrained): run dirs are never shared
+            run_dir = run_dir.with_name(f"{run_dir.name}-{time.strftime('%Y%m%d-%H%M%S')}")
+        return run_command(command, overrides, run_dir=run_dir, sweep_dir=sweep, job_num=job)[1]
 
     listed = out / "pretrained.json"
     pretrained = json.loads(listed.read_text()) if args.reuse_pretrained and listed.is_file() else {}

@@ -21,6 +21,8 @@ import secrets
 from pathlib import Path
 from typing import Any, Mapping
 
+from cxrssl.common import cfg_get as _get
+
 _USERINFO = re.compile(r"(?P<scheme>\b[a-zA-Z][a-zA-Z0-9+.-]*://)[^/@\s'\"]+@")
 #: Columns holding identifiers (hashed) and local paths (reduced to the file name) when redacting.
 ID_COLUMNS = ("patient_id", "image_id", "study_id", "subject_id", "dicom_id", "accession")
@@ -61,13 +63,6 @@ def scrub_params(params: Mapping[str, str], cfg: Any = None) -> dict[str, str]:
         text = scrub_text(str(value))
         out[key] = _strip_abs_paths(text) if redact else text
     return out
-
-
-def _get(cfg: Any, key: str, default: Any = None) -> Any:
-    if cfg is None:
-        return default
-    value = cfg.get(key, default) if hasattr(cfg, "get") else getattr(cfg, key, default)
-    return default if value is None else value
 
 
 def _private_file(path: Path) -> None:

@@ -7,6 +7,7 @@ from omegaconf import DictConfig
 
 from cxrssl.commands.checkpoint_data import checkpoint_tags, load_model_and_data, predict_split, saved_threshold
 from cxrssl.commands.report import finish_run, run_dir_from_hydra, start_run_tracking
+from cxrssl.commands.patient_guard import check_evaluated_split, overlap_tags
 from cxrssl.commands.validation import check_config
 
 
@@ -41,6 +42,9 @@ def run(cfg: DictConfig) -> float | None:
     with tracker:
         precision = resolve_precision(cfg.trainer.device, cfg.trainer.amp)
         table = prepare_table(data_cfg)
+        overlap = check_evaluated_split(info, table, split, allow=bool(cfg.evaluate.get("allow_pretrain_overlap", False)),
+                                        key="evaluate.allow_pretrain_overlap", data_cfg=data_cfg)
+        tracker.set_tags(overlap_tags(overlap))
         threshold, rule = _threshold(cfg, info, model, table, data_cfg, precision)
         predictions, _ = predict_split(model, table, data_cfg, split, precision, int(cfg.trainer.seed))
         recalibration, method = None, str(cfg.evaluate.get("recalibrate") or "none")
@@ -69,6 +73,6 @@ def run(cfg: DictConfig) -> float | None:
         table_text = format_terminal_table(summary)
         headline = [table_text, f"checkpoint:  {info['path']}", f"threshold:   {threshold:.4f} ({rule})",
                     f"report:      {Path(run_dir) / 'report.md'}"]
-        finish_run(cfg, tracker, run_dir, {"evaluation": summary, "checkpoint": info["path"], "split": split},
+        finish_run(cfg, tracker, run_dir, {"pretrain_overlap": overlap, "evaluation": summary, "checkpoint": info["path"], "split": split},
                    headline, [("evaluation", run_dir)])
         return metrics.get("auroc", {}).get("value")

@@ -8,6 +8,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from cxrssl.commands.checkpoint_data import checkpoint_tags, load_model_and_data, predict_split, saved_threshold
 from cxrssl.commands.report import finish_run, run_dir_from_hydra, start_run_tracking
+from cxrssl.commands.patient_guard import check_evaluated_split, overlap_tags
 from cxrssl.commands.validation import check_config
 
 
@@ -27,6 +28,9 @@ def run(cfg: DictConfig) -> dict:
     with tracker:
         precision = resolve_precision(cfg.trainer.device, cfg.trainer.amp)
         table = prepare_table(data_cfg)
+        overlap = check_evaluated_split(info, table, split, allow=bool(cfg.explain.get("allow_pretrain_overlap", False)),
+                                        key="explain.allow_pretrain_overlap", data_cfg=data_cfg)
+        tracker.set_tags(overlap_tags(overlap))
         predictions, loader = predict_split(model, table, data_cfg, split, precision, int(cfg.trainer.seed))
         rows = table[table["split"] == split]
         predictions["predicted"] = (predictions["probability"] >= threshold).astype(int)
@@ -43,7 +47,7 @@ def run(cfg: DictConfig) -> dict:
         headline = ["explain | " + ", ".join(ex.methods) + f" | threshold {threshold:.3f} | {split} split"]
         headline += _localisation_lines(run_dir / "explain")
         headline.append(f"galleries:   {run_dir / 'explain'}/*_gallery.png")
-        finish_run(cfg, tracker, run_dir, {"explain": summary, "checkpoint": info["path"], "threshold": threshold,
+        finish_run(cfg, tracker, run_dir, {"pretrain_overlap": overlap, "explain": summary, "checkpoint": info["path"], "threshold": threshold,
                                            "config_explain": OmegaConf.to_container(ex, resolve=True)},
                    headline, [("explain", run_dir / "explain")])
         return summary

@@ -2,11 +2,12 @@
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
+
+from cxrssl.common import jsonable as _jsonable
 
 
 def run_dir_from_hydra(cfg: DictConfig | None = None) -> Path:
@@ -36,20 +37,6 @@ def start_run_tracking(cfg: DictConfig, tags: dict[str, Any], resume_run_id: str
     tags = scrub_params({k: str(v) for k, v in tags.items()}, cfg)  # credentials; paths if mlflow.redact
     return start_tracking(cfg.mlflow, command=str(cfg.command), tags=tags, params=scrub_params(flatten_config(cfg), cfg),
                           run_name=None, sweep=sweep_info_from_hydra(), resume_run_id=resume_run_id)
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, Path):
-        return str(value)
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if hasattr(value, "item") and callable(value.item):
-        return _jsonable(value.item())
-    return value
 
 
 def write_summary(run_dir: Path, summary: dict[str, Any]) -> Path:

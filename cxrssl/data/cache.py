@@ -34,17 +34,11 @@ import pandas as pd
 
 from cxrssl.data.io import ImageReadError
 from cxrssl.data.transforms import preprocess_settings
+from cxrssl.common import cfg_get as _get
 
 CACHE_VERSION = 1
 MARKER = "COMPLETE"
 CHUNK_PER_WORKER = 64
-
-
-def _get(cfg: Any, key: str, default: Any = None) -> Any:
-    if cfg is None:
-        return default
-    value = cfg.get(key, default) if hasattr(cfg, "get") else getattr(cfg, key, default)
-    return default if value is None else value
 
 
 def cache_root(data_cfg: Any) -> Path:

@@ -22,11 +22,7 @@ from cxrssl.data.io import ImageReadError
 from cxrssl.data.schema import MetadataError
 from cxrssl.data.sources import load_table
 from cxrssl.data.splits import assign_splits, check_no_leakage, split_table_artifact
-
-
-def _get(cfg: Any, key: str, default: Any = None) -> Any:
-    value = cfg.get(key, default) if hasattr(cfg, "get") else getattr(cfg, key, default)
-    return default if value is None else value
+from cxrssl.common import cfg_get as _get
 
 
 def prepare_table(data_cfg: Any) -> pd.DataFrame:

@@ -13,6 +13,7 @@ from typing import Any
 import cv2
 
 from cxrssl.errors import ConfigError
+from cxrssl.common import cfg_get as _get
 
 RESIZE_MODES = ("letterbox", "crop", "stretch")
 EQUALIZE_MODES = ("none", "clahe", "hist")
@@ -21,13 +22,6 @@ AUGMENT_DEFAULTS: dict[str, Any] = {
     "enabled": True, "rotate_limit": 7.0, "scale_limit": 0.08, "translate_limit": 0.0,
     "brightness_contrast": 0.1, "p": 0.5, "hflip": False,
 }
-
-def _get(cfg: Any, key: str, default: Any = None) -> Any:
-    if cfg is None:
-        return default
-    value = cfg.get(key, default) if hasattr(cfg, "get") else getattr(cfg, key, default)
-    return default if value is None else value
-
 
 def preprocess_settings(data_cfg: Any) -> dict[str, Any]:
     """The settings that change preprocessed pixels (and therefore the cache key)."""

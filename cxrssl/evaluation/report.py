@@ -19,6 +19,7 @@ from cxrssl.evaluation.metrics import METRIC_NAMES, ensure_two_classes, prepare_
 from cxrssl.evaluation.plots import save_plots
 from cxrssl.evaluation.subgroups import subgroup_metrics, subgroup_tests
 from cxrssl.evaluation.thresholds import choose_threshold
+from cxrssl.common import jsonable as _json_safe
 
 METRIC_LABELS = {
     "auroc": "AUROC", "auprc": "AUPRC (average precision)", "sensitivity": "Sensitivity",
@@ -185,13 +186,3 @@ def _markdown(summary: dict, metrics: pd.DataFrame, subgroups: pd.DataFrame, tes
     return "\n".join(parts) + "\n"
 
 
-def _json_safe(value: object) -> object:
-    if isinstance(value, dict):
-        return {str(k): _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    if hasattr(value, "item") and not isinstance(value, (str, bytes)):
-        value = value.item()  # numpy scalar → Python
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import logging
-import math
 import re
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -18,6 +17,7 @@ from cxrssl.explain.localisation import has_mask, localisation_scores
 from cxrssl.explain.render import image_title, render_grid, render_image_row
 from cxrssl.explain.sanity import sanity_table
 from cxrssl.explain.selection import select_groups, select_ids
+from cxrssl.common import jsonable as _jsonable
 
 log = logging.getLogger(__name__)
 _METRICS = ["pointing_hit", "energy_inside", "mask_area", "deletion_auc", "insertion_auc"]
@@ -53,19 +53,6 @@ def _load(samples, index: Mapping[str, int], ids: Sequence[str]) -> tuple[torch.
 
 def _safe(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", str(name))[:120]
-
-
-def _jsonable(records: list[dict]) -> list[dict]:
-    def clean(v):
-        if isinstance(v, (np.floating, float)):
-            return None if math.isnan(float(v)) else float(v)
-        if isinstance(v, np.integer):
-            return int(v)
-        if isinstance(v, np.bool_):
-            return bool(v)
-        return v
-
-    return [{k: clean(v) for k, v in r.items()} for r in records]
 
 
 def _value(row: pd.Series, key: str) -> float | None:

@@ -90,7 +90,8 @@ def load_encoder(backbone_cfg: Any, ref: Any, tracking_uri: str | None = None) -
                                    f"{list(ckpt['model'])[:5]})")
     _strict_load(encoder, state, str(path), f"Was it trained with backbone={name}?")
     info = {"kind": "checkpoint", "source": str(path), "pretext": meta.get("pretext"),
-            "command": meta.get("command"), "backbone": found}
+            "command": meta.get("command"), "backbone": found,
+            "pretrain_patients": meta.get("pretrain_patients")}  # cxrssl.commands.patient_guard
     decoder = sub_state(ckpt["model"], "decoder.")
     if decoder:
         info["decoder_state"] = decoder

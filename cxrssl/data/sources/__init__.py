@@ -12,6 +12,7 @@ from typing import Any
 import pandas as pd
 
 from cxrssl.data.schema import MetadataError
+from cxrssl.common import cfg_get as _get
 
 #: name → "module:function"; each function takes the data config and returns a validated table.
 SOURCES: dict[str, str] = {
@@ -43,7 +44,3 @@ def load_table(data_cfg: Mapping[str, Any] | Any) -> pd.DataFrame:
     table.attrs.setdefault("counts", {})
     table.attrs["source"] = str(source)
     return table
-
-
-def _get(cfg: Any, key: str, default: Any = None) -> Any:
-    return cfg.get(key, default) if hasattr(cfg, "get") else getattr(cfg, key, default)

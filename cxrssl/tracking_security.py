@@ -52,7 +52,8 @@ def scrub_hydra_files(run_dir: str | os.PathLike) -> None:
 
 def _strip_abs_paths(value: str) -> str:
     """Absolute paths → their last component (`/data/nih/images` → `<abs>/images`)."""
-    return re.sub(r"(?<![\w:])/(?:[^/\s,'\"\]]+/)*([^/\s,'\"\]]+)", r"<abs>/\1", value)
+    value = re.sub(r"\b(sqlite|file):///+(?:[^/\s,'\"\]]+/)*([^/\s,'\"\]]+)", r"\1:///<abs>/\2", value)
+    return re.sub(r"(?<![\w:/.~>-])/(?:[^/\s,'\"\]]+/)*([^/\s,'\"\]]+)", r"<abs>/\1", value)
 
 
 def scrub_params(params: Mapping[str, str], cfg: Any = None) -> dict[str, str]:

@@ -84,6 +84,9 @@ def test_redaction_hashes_ids_with_the_store_salt_and_strips_paths(tmp_path):
     params = scrub_params({"data.root": "/data/nih", "inputs": "[/a/b.png, /c/d.png]", "lr": "0.001"},
                           {"mlflow": {"redact": True}})
     assert params == {"data.root": "<abs>/nih", "inputs": "[<abs>/b.png, <abs>/d.png]", "lr": "0.001"}
+    uris = scrub_params({"a": "sqlite:////home/ann/mlflow.db", "b": "http://alice:pw@host:5000/x",
+                         "c": "runs:/abc/checkpoints/best.pt"}, {"mlflow": {"redact": True}})
+    assert uris == {"a": "sqlite:///<abs>/mlflow.db", "b": "http://host:5000/x", "c": "runs:/abc/checkpoints/best.pt"}
 
 
 def test_redacted_run_logs_no_ids_or_absolute_paths(tmp_path):

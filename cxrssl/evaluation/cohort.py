@@ -1,10 +1,12 @@
 """Cohort description ("Table 1"): who is in each split, and are the splits comparable?
 
-Age: median (IQR) per group, a normality test per group (Shapiro–Wilk up to 5000 values,
-D'Agostino–Pearson K² above, where Shapiro's p is unreliable), then Mann–Whitney U (two groups)
-or Kruskal–Wallis (more) because age is rarely normal. Proportions (male, PA, positive): χ² test
-of independence on the group × category counts (``scipy.stats.chi2_contingency`` defaults, so
-Yates's correction for 2×2). Missing values are excluded from tests and reported as counts.
+Every test counts *patients*, not images: a patient's films share their age and sex, and treating
+2.5 films per patient as independent shrinks p-values. Age: median (IQR) of one age per patient
+(the first recorded), a normality test per group (Shapiro–Wilk up to 5000 values, D'Agostino–Pearson
+K² above), then Mann–Whitney U (two groups) or Kruskal–Wallis (more). Male: patients. PA view and
+positive: image counts are shown, the χ² test compares patients with at least one such film
+(``scipy.stats.chi2_contingency`` defaults, so Yates's correction for 2×2). Missing values are
+excluded from tests and reported as image counts.
 """
 from __future__ import annotations
 
@@ -40,7 +42,8 @@ def cohort_table(tables: dict[str, pd.DataFrame], label_column: str | None = Non
                                   if all(c in t.columns for t in tables.values())), None)
     if label is not None:
         numeric = {g: pd.to_numeric(t[label], errors="coerce") for g, t in tables.items()}
-        rows += _proportion_rows({g: pd.DataFrame({label: s}) for g, s in numeric.items()},
+        rows += _proportion_rows({g: pd.DataFrame({label: s, "patient_id": tables[g]["patient_id"]})
+                                  for g, s in numeric.items()},
                                  label, 1.0, "positive")
     return pd.DataFrame(rows, columns=["characteristic", *groups, "p_value", "statistical_test"])
 
@@ -49,13 +52,21 @@ def _row(name: str, values: dict[str, str], p: float = np.nan, test: str = "") -
     return {"characteristic": name, **values, "p_value": p, "statistical_test": test}
 
 
+def _per_patient(table: pd.DataFrame, values: pd.Series, how: str = "first") -> pd.Series:
+    """One value per patient among the known ones: the first, or whether any equals True."""
+    known = values.notna()
+    grouped = values[known].groupby(table.loc[known, "patient_id"].astype(str))
+    return grouped.first() if how == "first" else grouped.max()
+
+
 def _age_rows(tables: dict[str, pd.DataFrame]) -> list[dict]:
     ages = {g: pd.to_numeric(t["age"], errors="coerce") for g, t in tables.items()}
-    known = {g: a.dropna().to_numpy(float) for g, a in ages.items()}
+    known = {g: _per_patient(tables[g], a).to_numpy(float) for g, a in ages.items()}
     summary = {g: (f"{np.median(a):.0f} ({np.percentile(a, 25):.0f}–{np.percentile(a, 75):.0f})"
                    if len(a) else "–") for g, a in known.items()}
     normality = {g: _normality_p(a) for g, a in known.items()}
-    rows = [_row("age, median (IQR)", summary, *_compare_ages(list(known.values()))),
+    p, test = _compare_ages(list(known.values()))
+    rows = [_row("age, median (IQR)", summary, p, f"{test} (one age per patient)" if test else test),
             _row("age normality p", {g: f"{p:.3g} ({test})" for g, (p, test) in normality.items()},
                  np.nan, "per group: Shapiro–Wilk (n ≤ 5000) or D'Agostino K²"),
             _row("age missing, n", {g: f"{int(a.isna().sum())}" for g, a in ages.items()})]
@@ -86,11 +97,14 @@ def _proportion_rows(tables: dict[str, pd.DataFrame], column: str, category: obj
                      title: str) -> list[dict]:
     counts, values = {}, {}
     for group, table in tables.items():
-        known = table[column].dropna()
-        hits = int((known == category).sum())
-        counts[group] = (hits, len(known) - hits)
-        values[group] = f"{hits} ({100 * hits / len(known):.1f} %)" if len(known) else "–"
+        hit = table[column].where(table[column].isna(), table[column] == category)
+        per_patient = _per_patient(table, hit, "first" if column == "sex" else "any").astype(bool)
+        counts[group] = (int(per_patient.sum()), int((~per_patient).sum()))
+        shown = per_patient if column == "sex" else hit.dropna().astype(bool)  # sex: patients; else images
+        values[group] = f"{int(shown.sum())} ({100 * shown.mean():.1f} %)" if len(shown) else "–"
     p, test = _chi2(np.array(list(counts.values())))
+    if test == "χ²":
+        test = "χ² (patients)" if column == "sex" else "χ² (patients with any)"
     missing = {g: f"{int(t[column].isna().sum())}" for g, t in tables.items()}
     return [_row(f"{title}, n (%)", values, p, test), _row(f"{column} missing, n", missing)]
 

@@ -17,6 +17,16 @@ def cohort(n: int, age_shift: float, male: float, seed: int) -> pd.DataFrame:
         "cardiomegaly": (rng.random(n) < 0.3).astype(float)})
 
 
+def patient_values(table, column, pick):
+    """Independent per-patient reduction: ``pick`` over a patient's known values, in row order."""
+    out = []
+    for _, rows in table.groupby(table["patient_id"], sort=True):
+        known = [v for v in rows[column] if not (v is None or (isinstance(v, float) and np.isnan(v)))]
+        if known:
+            out.append(pick(known))
+    return np.array(out, dtype=float)
+
+
 def row(table, name):
     return table.set_index("characteristic").loc[name]
 
@@ -26,15 +36,18 @@ def test_two_group_p_values_match_scipy():
     table = cohort_table({"train": train, "test": test})
     assert list(table.columns) == ["characteristic", "train", "test", "p_value", "statistical_test"]
     age = row(table, "age, median (IQR)")
-    assert age["p_value"] == pytest.approx(stats.mannwhitneyu(train.age.dropna(), test.age.dropna()).pvalue)
-    assert age["train"].startswith(f"{train.age.median():.0f} (")
+    ages = [patient_values(t, "age", lambda v: v[0]) for t in (train, test)]  # one age per patient
+    assert age["p_value"] == pytest.approx(stats.mannwhitneyu(*ages).pvalue)
+    assert age["train"].startswith(f"{np.median(ages[0]):.0f} (") and "per patient" in age["statistical_test"]
     normality = row(table, "age normality p")
-    assert normality["test"].startswith(f"{stats.shapiro(test.age.dropna()).pvalue:.3g}")
-    for column, category, name in (("sex", "M", "male, n (%)"), ("view", "PA", "PA view, n (%)"),
-                                   ("cardiomegaly", 1.0, "positive, n (%)")):
-        counts = [[(t[column].dropna() == category).sum(), (t[column].dropna() != category).sum()]
-                  for t in (train, test)]
+    assert normality["test"].startswith(f"{stats.shapiro(ages[1]).pvalue:.3g}")
+    for column, category, name, pick in (("sex", "M", "male, n (%)", lambda v: v[0] == category),
+                                         ("view", "PA", "PA view, n (%)", lambda v: any(x == category for x in v)),
+                                         ("cardiomegaly", 1.0, "positive, n (%)", lambda v: any(x == category for x in v))):
+        hits = [patient_values(t, column, pick) for t in (train, test)]
+        counts = [[sum(h), len(h) - sum(h)] for h in hits]  # patients, not images
         assert row(table, name)["p_value"] == pytest.approx(stats.chi2_contingency(counts).pvalue), name
+        assert "patients" in row(table, name)["statistical_test"]
     assert row(table, "n images")["test"] == "150"
     assert row(table, "n patients")["train"] == str(train.patient_id.nunique())
     assert row(table, "age missing, n")["train"] == "3"
@@ -46,8 +59,8 @@ def test_three_groups_use_kruskal_wallis():
               enumerate((("train", 0), ("val", 2), ("test", 10)))}
     table = cohort_table(groups)
     age = row(table, "age, median (IQR)")
-    expected = stats.kruskal(*(g.age.dropna() for g in groups.values())).pvalue
-    assert age["statistical_test"] == "Kruskal–Wallis" and age["p_value"] == pytest.approx(expected)
+    expected = stats.kruskal(*(patient_values(g, "age", lambda v: v[0]) for g in groups.values())).pvalue
+    assert age["statistical_test"].startswith("Kruskal–Wallis") and age["p_value"] == pytest.approx(expected)
 
 
 def test_empty_category_gives_nan_not_crash():

@@ -114,7 +114,7 @@ def main(argv: list[str] | None = None) -> int | None:
             if _full_error():
                 raise
             # SystemExit passes through Hydra's job runner and its traceback printer untouched.
-            raise _UserExit(f"cxrssl {command}: error: {error}") from None
+            raise _UserExit(format_user_error(command, error)) from None
 
     task_function.__module__ = f"cxrssl.commands.{command}"
     app = hydra.main(config_path=str(config_dir()), config_name=command, version_base="1.3")(task_function)
@@ -128,6 +128,16 @@ def main(argv: list[str] | None = None) -> int | None:
 
 
 USER_ERROR_STATUS = 2
+
+
+def format_user_error(command: str, error: BaseException) -> str:
+    """`cxrssl <command>: error: <message>`. An error re-raised by a DataLoader worker carries the
+    worker's traceback in its message; only its last line (the original message) is kept."""
+    text = str(error).strip()
+    if "Original Traceback" in text:
+        last = [line for line in text.splitlines() if line.strip()][-1]
+        text = last.split(": ", 1)[1] if last.startswith(type(error).__module__) and ": " in last else last
+    return f"cxrssl {command}: error: {text}"
 
 
 class _UserExit(SystemExit):

@@ -220,3 +220,24 @@ def test_failed_run_is_marked_failed_with_error_tag(tmp_path, monkeypatch):
     assert run.info.status == "FAILED"
     assert run.data.tags["error"].startswith("MetadataError: ") and "sex" in run.data.tags["error"]
     assert "\n" not in run.data.tags["error"]
+
+
+def test_error_from_a_dataloader_worker_stays_a_user_error():
+    """torch re-raises a worker's exception as `type(message_with_traceback)`: ImageReadError must
+    survive that (else RuntimeError: a traceback for a user error) and print as one line."""
+    import sys as _sys
+
+    from torch._utils import ExceptionWrapper
+
+    from cxrssl.cli import format_user_error
+    from cxrssl.data.io import ImageReadError
+    from cxrssl.errors import UserError
+
+    try:
+        raise ImageReadError("/data/x.png", "truncated PNG (no IEND chunk)")
+    except ImageReadError:
+        wrapper = ExceptionWrapper(_sys.exc_info(), where="in DataLoader worker process 0")
+    with pytest.raises(UserError) as caught:
+        wrapper.reraise()
+    line = format_user_error("finetune", caught.value)
+    assert line == "cxrssl finetune: error: cannot read image /data/x.png: truncated PNG (no IEND chunk)"

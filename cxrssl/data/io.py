@@ -35,7 +35,11 @@ _DICOM_CHUNK_ROWS = 256
 class ImageReadError(UserError, OSError):
     """An image file could not be decoded; ``path`` and ``reason`` say which and why."""
 
-    def __init__(self, path: str | os.PathLike, reason: str):
+    def __init__(self, path: str | os.PathLike, reason: str | None = None):
+        if reason is None:  # one argument: re-raised by a DataLoader worker with the whole message
+            self.path, self.reason = "", str(path)
+            super().__init__(str(path))
+            return
         self.path = str(path)
         self.reason = reason
         super().__init__(f"cannot read image {self.path}: {reason}")

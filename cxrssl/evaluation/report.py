@@ -175,8 +175,9 @@ def _markdown(summary: dict, metrics: pd.DataFrame, subgroups: pd.DataFrame, tes
         f"intercept {_fmt(summary['calibration']['calibration_intercept'])} (0 = ideal); recalibration: "
         f"{summary['recalibration'].get('method', 'none')}",
         "", "## Metrics", "", _markdown_table(_metrics_for_humans(metrics, boot["alpha"])), "",
-        "## Subgroups", "", _markdown_table(subgroups.drop(columns=["chi2_p_value"])), "",
-        "χ² test of correct vs incorrect counts across the groups of each attribute:", "",
+        "## Subgroups", "", _markdown_table(subgroups.drop(columns=["test_p_holm"])), "",
+        "Do sensitivity and specificity differ across the groups of an attribute? Wald χ² with a "
+        "patient-bootstrap covariance, Bonferroni over the two, Holm across attributes:", "",
         _markdown_table(tests), "",
     ]
     if cohort is not None:
@@ -184,5 +185,3 @@ def _markdown(summary: dict, metrics: pd.DataFrame, subgroups: pd.DataFrame, tes
     parts += ["## Plots", ""] + [f"![{name}]({files[name].name})" for name in
                                   ("roc", "pr", "calibration", "confusion")]
     return "\n".join(parts) + "\n"
-
-

@@ -21,20 +21,47 @@ def view_case(ap_error_rate: float, pa_error_rate: float, n: int = 200, seed: in
                          "age": rng.uniform(20, 90, 2 * n)})
 
 
-def test_ap_errors_detected_by_chi2():
+def test_ap_errors_detected_by_sensitivity_specificity_test():
     df = view_case(ap_error_rate=0.35, pa_error_rate=0.08)
-    table = subgroup_metrics(df, 0.5)
+    table = subgroup_metrics(df, 0.5, n_boot=300)
     view = table[table.attribute == "view"].set_index("group")
     assert view.loc["AP", "n_incorrect"] > 2 * view.loc["PA", "n_incorrect"]
-    assert view["chi2_p_value"].iloc[0] < 0.01
-    counts = view[["n_correct", "n_incorrect"]].to_numpy()
-    assert view["chi2_p_value"].iloc[0] == pytest.approx(stats.chi2_contingency(counts).pvalue)
+    assert view["test_p_holm"].iloc[0] < 0.01
     assert view.loc["AP", "accuracy"] == pytest.approx(view.loc["AP", "n_correct"] / view.loc["AP", "n"])
+    for metric in ("auroc", "sensitivity", "specificity"):  # patient-bootstrap CIs around the point
+        assert (view[f"{metric}_lo"] <= view[metric]).all() and (view[metric] <= view[f"{metric}_hi"]).all()
+    tests = subgroup_tests(df, 0.5, n_boot=300).set_index("attribute")
+    assert tests.loc["view", "sensitivity_p"] < 0.01 and tests.loc["view", "specificity_p"] < 0.01
+    assert (tests["p_holm"] >= tests["p_value"]).all()
+
+
+def test_prevalence_difference_alone_is_not_flagged():
+    """Same sensitivity and specificity, different prevalence: the old error-rate χ² fired here."""
+    rng = np.random.default_rng(5)
+    n = 600
+    view = np.array(["AP"] * n + ["PA"] * n, dtype=object)
+    y = (rng.random(2 * n) < np.where(view == "AP", 0.7, 0.1)).astype(float)
+    wrong = rng.random(2 * n) < np.where(y == 1, 0.3, 0.05)  # sens 0.7, spec 0.95 in both views
+    called = (y == 1) ^ wrong
+    df = pd.DataFrame({"image_id": np.arange(2 * n).astype(str), "patient_id": np.arange(2 * n).astype(str),
+                       "probability": np.where(called, 0.8, 0.2), "label": y, "view": view})
+    counts = pd.crosstab(df["view"], called == (y == 1)).to_numpy()
+    assert stats.chi2_contingency(counts).pvalue < 1e-6  # error rates differ through prevalence only
+    tests = subgroup_tests(df, 0.5, n_boot=400).set_index("attribute")
+    assert tests.loc["view", "p_value"] > 0.05
 
 
 def test_equal_error_rates_are_not_flagged():
     tests = subgroup_tests(view_case(0.2, 0.2, seed=3), 0.5).set_index("attribute")
     assert tests.loc["view", "p_value"] > 0.01 and tests.loc["view", "dof"] == 1
+
+
+def test_images_of_one_patient_are_resampled_together():
+    df = view_case(0.3, 0.1, n=60, seed=4)
+    repeated = pd.concat([df.assign(image_id=df["image_id"] + f"_{k}") for k in range(5)], ignore_index=True)
+    naive = subgroup_tests(repeated.assign(patient_id=repeated["image_id"]), 0.5, n_boot=400).set_index("attribute")
+    clustered = subgroup_tests(repeated, 0.5, n_boot=400).set_index("attribute")
+    assert clustered.loc["view", "sensitivity_chi2"] < naive.loc["view", "sensitivity_chi2"] / 2
 
 
 def test_one_class_subgroup_has_nan_auroc_with_note(predictions):
@@ -54,7 +81,7 @@ def test_age_bands_and_missing_group():
     ages = table[table.attribute == "age_band"].set_index("group")
     assert list(ages.index) == ["0–49", "50+", "(missing)"]
     assert ages.loc["0–49", "n"] == (df.age < 50).sum() and ages.loc["(missing)", "n"] == 10
-    assert "excluded from χ² test" in ages.loc["(missing)", "note"]
+    assert "excluded from the test" in ages.loc["(missing)", "note"]
     assert table[table.attribute == "view"].set_index("group").loc["(missing)", "n"] == 5
     with pytest.raises(ValueError, match="increasing"):
         subgroup_metrics(df, 0.5, age_bands=(0, 60, 40))

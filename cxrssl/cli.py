@@ -18,11 +18,12 @@ from pathlib import Path
 from cxrssl.errors import UserError
 
 COMMANDS = {
-    "pretrain": "self-supervised pretraining on a pretext task (pretext=age|sex|recon)",
+    "pretrain": "self-supervised pretraining (pretext=age|sex|recon|simclr|moco|byol|dino|mae)",
     "finetune": "fine-tune a pretrained encoder to detect cardiomegaly",
     "evaluate": "clinical evaluation of a fine-tuned checkpoint (metrics with 95% CIs, plots, subgroups)",
     "explain": "attribution maps (Grad-CAM, IG, ...) with galleries and localisation checks",
     "predict": "probabilities and labels for a folder, glob or CSV of images",
+    "probe": "frozen-feature linear/kNN probe of an encoder (cached embeddings, CIs as evaluate, t-SNE)",
 }
 
 USAGE = """usage: cxrssl <command> [hydra overrides ...] [-m] [--cfg job|hydra|all] [--info] [--help]

@@ -69,6 +69,11 @@ def load_encoder(backbone_cfg: Any, ref: Any, tracking_uri: str | None = None) -
         return encoder, {"kind": "random" if not backbone_cfg.get("pretrained") else "weights_file",
                          "source": backbone_cfg.get("pretrained")}
     path = resolve_ref(ref, tracking_uri)
+    from cxrssl.models.external import external_format_of, load_external_encoder
+
+    external = external_format_of(path)  # torchxrayvision, DINOv2/RAD-DINO, MAE layouts
+    if external is not None:
+        return load_external_encoder(backbone_cfg, path, *external)
     try:
         ckpt = load_checkpoint(path)
     except CheckpointError as err:

@@ -23,6 +23,10 @@ HYDRA_ENTRIES = (".hydra",)
 STORE_NAMES = ("mlartifacts", "mlruns", "mlflow.db", "mlflow.db.lock", "mlflow.db-journal", "mlflow.db-wal")
 
 
+#: Run dirs claimed by ClaimRunDir in this process and not yet taken over by the command itself.
+_CLAIMED_BY_CALLBACK: set[Path] = set()
+
+
 class RunDirTaken(ConfigError):
     """The run dir belongs to another run, or holds files cxrssl did not write."""
 
@@ -40,6 +44,9 @@ def claim_run_dir(path: str | os.PathLike, resume=None, job_name: str | None = N
     try:
         fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
     except FileExistsError:
+        if path.resolve() in _CLAIMED_BY_CALLBACK:  # ClaimRunDir claimed it before Hydra wrote .hydra/
+            _CLAIMED_BY_CALLBACK.discard(path.resolve())
+            return path
         if _resuming(resume):
             marker.write_bytes(record)  # the resumed run owns it now; its start time bounds artifacts
             return path
@@ -90,3 +97,26 @@ def artifact_files(folder: str | os.PathLike, since: float = 0.0) -> list[Path]:
             if path.stat().st_mtime >= since - 1.0:  # 1 s: filesystems with coarse timestamps
                 files.append(path)
     return files
+
+
+try:  # the Hydra callback below; Hydra is always installed with cxrssl, but keep this module light
+    from hydra.experimental.callback import Callback as _Callback
+except ImportError:  # pragma: no cover
+    _Callback = object  # type: ignore[assignment,misc]
+
+
+class ClaimRunDir(_Callback):
+    """Claims `hydra.run.dir` in `on_run_start`, i.e. before Hydra writes `.hydra/` into it, so
+    `hydra.run.dir=<another run>` is refused before that run's `.hydra/*.yaml` are overwritten
+    (conf/hydra/default.yaml registers it). Refusal: one line on stderr, exit status 2."""
+
+    def on_run_start(self, config, **kwargs) -> None:
+        import sys
+
+        try:
+            path = claim_run_dir(Path(str(config.hydra.run.dir)).absolute(), config.get("resume"),
+                                 job_name=config.hydra.job.get("name"))
+            _CLAIMED_BY_CALLBACK.add(path.resolve())
+        except RunDirTaken as error:
+            print(f"cxrssl {config.get('command', '')}: error: {error}", file=sys.stderr, flush=True)
+            raise SystemExit(2) from None

@@ -67,3 +67,31 @@ def test_a_second_command_into_a_finished_run_dir_is_refused_and_changes_nothing
     with pytest.raises(RunDirTaken, match="not created by cxrssl"):
         run_command("pretrain", [*TINY, *mlflow, "trainer.limit_batches=1"], run_dir=tmp_path)
     assert json.loads((run_dir / "summary.json").read_text())["command"] == "pretrain"
+
+
+def test_cli_refuses_another_runs_dir_before_hydra_writes_into_it(tmp_path, synthetic_cache):
+    """Through the real CLI: Hydra's own `.hydra/*.yaml` of the earlier run stay untouched too."""
+    import subprocess
+    import sys
+
+    env = {**os.environ, "CXRSSL_CACHE": str(synthetic_cache)}
+    args = [sys.executable, "-m", "cxrssl", "pretrain", *TINY, "trainer.limit_batches=1", "mlflow.enabled=false",
+            f"hydra.run.dir={tmp_path / 'run'}"]
+    first = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert first.returncode == 0, first.stderr[-3000:]
+    before = {p: p.read_bytes() for p in (tmp_path / "run").rglob("*") if p.is_file()}
+    second = subprocess.run([*args, "optimizer.lr=0.5"], cwd=tmp_path, env=env, capture_output=True, text=True,
+                            timeout=600)
+    assert second.returncode == 2 and "already belongs to another cxrssl run" in second.stderr, second.stderr[-3000:]
+    assert "Traceback" not in second.stderr
+    assert before == {p: p.read_bytes() for p in (tmp_path / "run").rglob("*") if p.is_file()}
+
+
+def test_default_run_dirs_have_microsecond_timestamps():
+    import yaml
+
+    from cxrssl.cli import config_dir
+
+    hydra_cfg = yaml.safe_load((config_dir() / "hydra" / "default.yaml").read_text())
+    assert hydra_cfg["run"]["dir"].endswith("%H-%M-%S-%f}") and hydra_cfg["sweep"]["dir"].endswith("%H-%M-%S-%f}")
+    assert hydra_cfg["callbacks"]["claim_run_dir"]["_target_"] == "cxrssl.commands.run_dirs.ClaimRunDir"

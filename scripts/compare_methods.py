@@ -1,123 +1,284 @@
 #!/usr/bin/env python
-"""The original work's comparison (seed Table 2), reproduced on any data source, with 95 % CIs.
+"""The label-efficiency study: does self-supervised pretraining help when labels are scarce, and which pretext?
 
-Rows: random-init direct classifier under each imbalance strategy; transfer from the age, sex and
-recon pretexts (linear probe and partial fine-tuning); the dual loss (recon + classification).
-Columns: test AUROC [95 % CI], sensitivity, specificity, F1, MCC — at each label fraction.
+For every method × label fraction × repeat (repeat r = its own seed and its own label subset, shared
+by every method, so rows are paired), the test-set predictions are scored against the *matched*
+random-init control on the same test patients (paired patient bootstrap over patients and repeats,
+Holm across the table). The harness is validated on the synthetic phantom, where the truth is known:
 
-    python scripts/compare_methods.py                        # small CPU preset on synthetic data
-    python scripts/compare_methods.py --preset gpu data=nih data.root=/data/nih   # the real experiment
+* positive control: an encoder pretrained on the unlabelled pool to regress the true CTR (``pretext=age``
+  on a table whose ``age`` is 100 × CTR) must beat random init, CI-separated, at the low fractions;
+* negative control: an encoder pretrained on the same pool to predict a random per-patient label
+  (``pretext=sex`` with a coin flip per patient as ``sex``) must not.
+Otherwise the table is marked UNDERPOWERED or BIASED, loudly.
 
-Extra arguments are Hydra overrides applied to every pretrain/finetune/evaluate run. All runs go to
-MLflow as one sweep (experiment `cxrssl-comparison`); the table is printed and written to
-`<out>/comparison.md` and `<out>/comparison.csv`.
+Protocol choices (docs/results.md): pretexts train on the training split plus the unlabelled pool
+(``data.pretrain_pool``); frozen-feature rows are logistic-regression probes (scikit-learn, seconds);
+fine-tuning rows get the same number of optimiser steps at every fraction (epochs = steps / batches);
+validation labels are reduced by the same fraction as the training labels (``data.scale_val_labels``)
+and pick the threshold (Youden); trivial baselines (age alone, 16 × 16 thumbnail logistic
+regression) are rows too. Pretext rows are named in the preset (``pretexts``), so new pretexts
+(SimCLR, MoCo, BYOL, DINO, MAE) are rows by name.
+
+    python scripts/compare_methods.py --preset micro --out /tmp/study    # minutes: a smoke test of the harness
+    python scripts/compare_methods.py --preset cpu                       # the CPU study (see docs/results.md)
+    python scripts/compare_methods.py --preset gpu data=nih data.root=/data/nih
 """
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
-from cxrssl.commands.inprocess import run_command
+from cxrssl.commands.inprocess import compose_config, run_command
 
 PRESETS = {
-    # ~2 cores: timm test_resnet at 64 px on ~1 000 synthetic patients.
-    "cpu": {"common": ["backbone=tiny", "data.image_size=64", "data.synthetic.n_patients=1000",
-                       "trainer.progress=false", "data.num_workers=0"],
-            "pretrain": ["trainer.max_epochs=6"], "finetune": ["trainer.max_epochs=8"], "n_boot": 300},
-    # one GPU: resnet18 at 224 px, more data and epochs.
-    "gpu": {"common": ["backbone=resnet18", "data.image_size=224", "data.synthetic.n_patients=5000",
-                       "data.num_workers=8"],
-            "pretrain": ["trainer.max_epochs=30"], "finetune": ["trainer.max_epochs=30"], "n_boot": 1000},
+    "micro": {"data": ["data.synthetic.n_patients=160", "data.synthetic.n_unlabelled_patients=160",
+                       "data.synthetic.native_size=96", "data.image_size=32"],
+              "backbone": "tiny", "pretexts": ["recon"], "pretrain_epochs": 1, "fractions": [0.1, 1.0],
+              "repeats": 3, "finetune": [], "steps": 20, "n_boot": 300},
+    "cpu": {"data": ["data.synthetic.n_patients=600", "data.synthetic.n_unlabelled_patients=1800",
+                     "data.synthetic.native_size=128", "data.image_size=64"],
+            "backbone": "tiny", "pretexts": ["recon", "age", "sex", "simclr"], "pretrain_epochs": 4,
+            "fractions": [0.02, 0.1, 1.0], "repeats": 3, "n_boot": 1000, "steps": 150,
+            "finetune": [("random init", "full"), ("recon", "full")]},
+    "gpu": {"data": ["data.synthetic.n_patients=5000", "data.image_size=224", "data.num_workers=8"],
+            "backbone": "resnet18", "pretexts": ["recon", "age", "sex", "simclr", "moco", "byol", "dino", "mae"],
+            "pretrain_epochs": 30, "fractions": [0.01, 0.03, 0.1, 1.0], "repeats": 5, "n_boot": 2000, "steps": 1500,
+            "finetune": [(p, s) for p in ("random init", "recon", "simclr") for s in ("linear", "partial", "full")]},
 }
-IMBALANCE = ("none", "weighted", "oversample", "undersample", "oversample_weighted", "focal")
+RANDOM = "random init"
+PROBE = "linear probe"
 
 
-def method_rows() -> list[tuple[str, str | None, list[str]]]:
-    """(row name, pretext whose checkpoint is loaded or None, finetune overrides)."""
-    rows = [(f"direct · {imb}", None, [f"imbalance={imb}", "finetune.strategy=full"]) for imb in IMBALANCE]
-    for pretext in ("age", "sex", "recon"):
-        rows.append((f"{pretext} → linear", pretext, ["finetune.strategy=linear", "optimizer.lr=3e-3"]))
-        rows.append((f"{pretext} → partial", pretext, ["finetune.strategy=partial", "finetune.backbone_lr_scale=1.0"]))
-    rows.append(("dual loss (recon + cls)", "recon", ["finetune.strategy=full", "finetune.recon_weight=1.0"]))
-    return rows
+def _cell(method, fraction, control):
+    return {"method": method, "fraction": fraction, "control": control, "probs": [], "thresholds": []}
+
+
+class Study:
+    def __init__(self, args, preset: dict):
+        self.args, self.preset, self.out = args, preset, args.out.resolve()
+        self.common = [*preset["data"], f"backbone={preset['backbone']}", "data.num_workers=0",
+                       "trainer.progress=false", "mlflow.experiment_name=cxrssl-comparison", *args.overrides]
+        self.job = 0
+
+    def run(self, command: str, overrides: list[str], name: str) -> dict:
+        self.job += 1
+        print(f"=== [{self.job}] {command}: {name}", flush=True)
+        return run_command(command, overrides, run_dir=self.out / "runs" / f"{self.job:03d}-{command}",
+                           sweep_dir=self.out / "sweep", job_num=self.job)[1]
+
+    def data(self) -> tuple[object, pd.DataFrame]:
+        from cxrssl.data.loaders import prepare_table
+
+        cfg = compose_config("finetune", self.common)
+        table = prepare_table(cfg.data)
+        return cfg, table[table["cardiomegaly"].notna()].reset_index(drop=True)
+
+    def pretrain(self, pretext: str, extra: list[str] = (), common: list[str] | None = None) -> str:
+        summary = self.run("pretrain", [*(self.common if common is None else common), f"pretext={pretext}",
+                                        f"trainer.max_epochs={self.preset['pretrain_epochs']}", *extra], pretext)
+        return str(summary["checkpoints"]["best"])
+
+    def control_checkpoints(self, cfg) -> dict[str, str]:
+        """Positive/negative-control encoders, pretrained through data=csv on train + pool with a
+        swapped target column (see the module docstring)."""
+        from cxrssl.data.loaders import prepare_table
+        from cxrssl.data.pretrain_pool import pretrain_table
+
+        table = pretrain_table(cfg.data, prepare_table(cfg.data))
+        rows = table[table["split"].isin(("train", "val"))].copy()
+        root = Path(str(rows["path"].iloc[0])).parents[1]
+        rows["path"] = [str(Path(p).relative_to(root)) for p in rows["path"]]
+        rng = np.random.default_rng(12345)
+        coin = {pid: ("M" if rng.random() < 0.5 else "F") for pid in sorted(rows["patient_id"].unique())}
+        out = self.out / "controls"
+        out.mkdir(parents=True, exist_ok=True)
+        keep = ["image_id", "path", "patient_id", "view", "split"]
+        positive = rows[keep].assign(age=100 * rows["ctr"].to_numpy(float), sex=rows["sex"])
+        negative = rows[keep].assign(age=rows["age"], sex=rows["patient_id"].map(coin))
+        positive.to_csv(out / "positive.csv", index=False)
+        negative.to_csv(out / "negative.csv", index=False)
+        base = [o for o in self.common if not o.startswith("data.")] + [
+            "data=csv", f"data.root={root}", "data.resize_mode=stretch", "data.equalize=none",
+            "data.pretrain_pool=train", f"data.image_size={cfg.data.image_size}", "data.num_workers=0"]
+        return {f"{'positive control'} (CTR regression)": self.pretrain("age", [f"data.csv={out / 'positive.csv'}"], base),
+                f"{'negative control'} (random labels)": self.pretrain("sex", [f"data.csv={out / 'negative.csv'}"], base)}
+
+    def embeddings(self, cfg, table: pd.DataFrame, checkpoint: str | None) -> np.ndarray:
+        import torch
+
+        from cxrssl.commands.probe_embed import extract_embeddings
+        from cxrssl.models.loading import load_encoder
+
+        encoder, _ = load_encoder(cfg.backbone, checkpoint or "none", cfg.mlflow.get("tracking_uri"))
+        torch.manual_seed(0)
+        with torch.no_grad():
+            return extract_embeddings(encoder, table, cfg.data, torch.device("cpu"))
+
+    def subsets(self, table: pd.DataFrame, fraction: float, repeat: int) -> tuple[np.ndarray, np.ndarray]:
+        from cxrssl.commands.finetune import finetune_table
+
+        chosen = finetune_table(table, fraction, repeat, scale_val=True)
+        ids = set(chosen["image_id"])
+        return (table["split"].eq("train") & table["image_id"].isin(ids)).to_numpy(), \
+            (table["split"].eq("val") & table["image_id"].isin(ids)).to_numpy()
+
+
+def _probe(x, y, train, val, test):
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    from cxrssl.evaluation import choose_threshold
+
+    model = make_pipeline(StandardScaler(), LogisticRegression(C=0.1, max_iter=3000, class_weight="balanced"))
+    model.fit(x[train], y[train].astype(int))
+    p_val, p_test = model.predict_proba(x[val])[:, 1], model.predict_proba(x[test])[:, 1]
+    threshold = choose_threshold(y[val], p_val, "youden", split="val") if len(np.unique(y[val])) == 2 else 0.5
+    return p_test, threshold
+
+
+def _thumbnails(paths: pd.Series, size: int = 16) -> np.ndarray:
+    import cv2
+
+    return np.stack([cv2.resize(cv2.imread(str(p), cv2.IMREAD_GRAYSCALE), (size, size),
+                                interpolation=cv2.INTER_AREA).ravel() / 255.0 for p in paths])
+
+
+def finetune_cells(study: Study, table, checkpoints, cells, fractions, repeats, test_ids):
+    """Fine-tuning rows: equal optimiser steps per fraction, scaled validation labels."""
+    from cxrssl.commands.finetune import finetune_table
+
+    batch = 32
+    for source, strategy in study.preset["finetune"]:
+        method = f"{source} → {strategy}"
+        control = None if source == RANDOM else f"{RANDOM} → {strategy}"
+        for fraction in fractions:
+            cell = cells.setdefault((method, fraction), _cell(method, fraction, control))
+            for r in range(repeats):
+                n = int((finetune_table(table, fraction, r, scale_val=True)["split"] == "train").sum())
+                epochs = max(1, math.ceil(study.preset["steps"] / math.ceil(n / batch)))
+                pretrained = "none" if source == RANDOM else checkpoints[source]
+                ft = study.run("finetune", [*study.common, f"pretrained={pretrained}", f"finetune.strategy={strategy}",
+                                            f"data.label_fraction={fraction}", f"data.label_seed={r}",
+                                            "data.scale_val_labels=true", f"trainer.seed={r}", f"data.batch_size={batch}",
+                                            f"trainer.max_epochs={epochs}"], f"{method} @ {fraction:g} r{r} ({epochs} ep)")
+                ev = study.run("evaluate", [f"checkpoint={ft['checkpoints']['best']}", "evaluate.n_boot=10",
+                                            *[o for o in study.common if o.startswith(("mlflow.", "trainer."))]],
+                               f"{method} @ {fraction:g} r{r}")
+                pred = pd.read_csv(Path(ev["evaluation"]["files"]["predictions"])).set_index("image_id")
+                cell["probs"].append(pred.loc[test_ids, "probability"].to_numpy(float))
+                cell["thresholds"].append(float(ev["evaluation"]["threshold"]))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", choices=sorted(PRESETS), default="cpu")
-    parser.add_argument("--fractions", type=float, nargs="+", default=[0.01, 0.1, 1.0])
     parser.add_argument("--out", type=Path, default=Path("comparison"))
-    parser.add_argument("--only", nargs="*", help="substrings of row names to run (default: all)")
-    parser.add_argument("--reuse-pretrained", action="store_true",
-                        help="reuse the pretext checkpoints listed in <out>/pretrained.json by an earlier run")
+    parser.add_argument("--repeats", type=int, help="override the preset's repeats")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides for every run")
     args = parser.parse_args()
-    preset = PRESETS[args.preset]
-    common = [*preset["common"], *args.overrides, "mlflow.experiment_name=cxrssl-comparison"]
-    eval_common = [o for o in common if o.split("=")[0].split(".")[0].lstrip("+~") in ("data", "mlflow", "trainer")]
-    out = args.out.resolve()
-    sweep = out / "sweep"
-    start, job = time.perf_counter(), 0
+    preset = dict(PRESETS[args.preset])
+    start = time.perf_counter()
+    study = Study(args, preset)
+    study.out.mkdir(parents=True, exist_ok=True)
+    cfg, table = study.data()
+    repeats, fractions = args.repeats or preset["repeats"], preset["fractions"]
+    checkpoints, study.failed = {}, {}
+    for pretext in preset["pretexts"]:  # a pretext that cannot run is reported, not fatal
+        try:
+            checkpoints[pretext] = study.pretrain(pretext)
+        except Exception as error:  # noqa: BLE001 - any failure of one row
+            study.failed[pretext] = f"{type(error).__name__}: {str(error).splitlines()[0][:200]}"
+            print(f"!!! pretext {pretext} failed and is left out: {study.failed[pretext]}", flush=True)
+    synthetic = str(cfg.data.source) == "synthetic"
+    if synthetic:
+        checkpoints.update(study.control_checkpoints(cfg))
+    (study.out / "pretrained.json").write_text(json.dumps(checkpoints, indent=2))
 
-    def run(command: str, overrides: list[str], name: str) -> dict:
-        nonlocal job
-        job += 1
-        print(f"\n=== [{job}] {command}: {name}", flush=True)
-        run_dir = out / "runs" / f"{job:03d}-{command}"
-        if run_dir.exists():  # a rerun into the same --out (--reuse-pretrained): run dirs are never shared
-            run_dir = run_dir.with_name(f"{run_dir.name}-{time.strftime('%Y%m%d-%H%M%S')}")
-        return run_command(command, overrides, run_dir=run_dir, sweep_dir=sweep, job_num=job)[1]
+    y = table["cardiomegaly"].to_numpy(float)
+    test = table["split"].eq("test").to_numpy()
+    features = {f"{RANDOM} → {PROBE}": study.embeddings(cfg, table, None)}
+    for name, path in checkpoints.items():
+        features[f"{name} → {PROBE}"] = study.embeddings(cfg, table, path)
+    features["age only (logistic regression)"] = table[["age"]].to_numpy(float)
+    features["16×16 thumbnail logistic regression"] = _thumbnails(table["path"])
+    cells: dict = {}
+    for fraction in fractions:
+        for r in range(repeats):
+            train, val = study.subsets(table, fraction, r)
+            for method, x in features.items():
+                control = None if method.startswith(RANDOM) or "→" not in method else f"{RANDOM} → {PROBE}"
+                cell = cells.setdefault((method, fraction), _cell(method, fraction, control))
+                p_test, threshold = _probe(x, y, train, val, test)
+                cell["probs"].append(p_test)
+                cell["thresholds"].append(threshold)
+                sub = table[train]
+                cell.update(n_patients=int(sub["patient_id"].nunique()), n_images=int(train.sum()),
+                            n_positive_patients=int(sub.loc[sub["cardiomegaly"] == 1, "patient_id"].nunique()))
+    test_ids = table.loc[test, "image_id"].tolist()
+    finetune_cells(study, table, checkpoints, cells, fractions, repeats, test_ids)
+    for (method, fraction), cell in cells.items():
+        if "n_patients" not in cell:
+            ref = cells[(f"{RANDOM} → {PROBE}", fraction)]
+            cell.update({k: ref[k] for k in ("n_patients", "n_images", "n_positive_patients")})
+    write_outputs(study, cfg, table, list(cells.values()), test, start, synthetic)
 
-    listed = out / "pretrained.json"
-    pretrained = json.loads(listed.read_text()) if args.reuse_pretrained and listed.is_file() else {}
-    rows = [r for r in method_rows() if not args.only or any(s in r[0] for s in args.only)]
-    for pretext in sorted({p for _, p, _ in rows if p} - set(pretrained)):
-        summary = run("pretrain", [*common, *preset["pretrain"], f"pretext={pretext}"], pretext)
-        pretrained[pretext] = summary["checkpoints"]["best"]
-    out.mkdir(parents=True, exist_ok=True)
-    listed.write_text(json.dumps(pretrained, indent=2))
 
-    results = []
-    for fraction in args.fractions:
-        for name, pretext, overrides in rows:
-            source = pretrained[pretext] if pretext else "none"
-            ft = run("finetune", [*common, *preset["finetune"], *overrides, f"pretrained={source}",
-                                  f"data.label_fraction={fraction}"], f"{name} @ {fraction:g}")
-            ev = run("evaluate", [*eval_common, f"checkpoint={ft['checkpoints']['best']}",
-                                  f"evaluate.n_boot={preset['n_boot']}"], f"{name} @ {fraction:g}")
-            m = ev["evaluation"]["metrics"]
-            results.append({"method": name, "label_fraction": fraction, "n_train": ft["n_train"],
-                            **{f"{k}{s}": m[k][c] for k in ("auroc", "sensitivity", "specificity", "f1", "mcc")
-                               for s, c in (("", "value"), ("_lo", "ci_low"), ("_hi", "ci_high"))},
-                            "finetune_run": ft["mlflow_run_id"], "evaluate_run": ev["mlflow_run_id"]})
-            pd.DataFrame(results).to_csv(out / "comparison.csv", index=False)
+def write_outputs(study, cfg, table, cells, test, start, synthetic) -> None:
+    from cxrssl.evaluation.study import harness_verdict, label_efficiency_figure, markdown_table, summarise_cells
 
-    table = markdown_table(pd.DataFrame(results))
+    rows = table[test]
+    summary = summarise_cells(cells, rows["cardiomegaly"].to_numpy(float), pd.factorize(rows["patient_id"])[0],
+                              n_boot=study.preset["n_boot"])
+    verdict = harness_verdict(summary) if synthetic else {"warnings": [], "positive_separates": None,
+                                                           "negative_separates": None}
     minutes = (time.perf_counter() - start) / 60
-    text = (f"# Method comparison ({args.preset} preset; {' '.join(args.overrides) or 'synthetic defaults'})\n\n"
-            f"Test split, threshold chosen on validation (Youden). AUROC with a patient-level bootstrap 95 % CI.\n"
-            f"Total run time: {minutes:.1f} min.\n\n{table}\n")
+    out = study.out
+    summary.to_csv(out / "comparison.csv", index=False)
+    figure = label_efficiency_figure(summary, out / "label_efficiency.png")
+    banner = "\n".join(f"> **WARNING — {w}**" for w in verdict["warnings"]) or \
+        "> Harness check passed: the positive control separates at the low fractions, the negative control does not."
+    text = (f"# Label-efficiency study ({study.args.preset} preset; {' '.join(study.args.overrides) or 'synthetic defaults'})\n\n"
+            f"{banner}\n\nTest split: {len(rows)} images, {rows['patient_id'].nunique()} patients, "
+            f"{int(rows['cardiomegaly'].sum())} positive images. Repeats: {summary['repeats'].max()} per cell (own seed and "
+            f"label subset). AUROC CI: patient × repeat bootstrap ({study.preset['n_boot']} resamples); ΔAUROC: paired over "
+            f"the same patients and repeats vs the named control; p Holm-adjusted across the table. Threshold: Youden on "
+            f"the scaled validation labels. Run time {minutes:.1f} min.\n\n{markdown_table(summary)}\n\n"
+            + "".join(f"Left out (pretraining failed): {k} — {v}\n\n" for k, v in study.failed.items()) +
+            f"![label efficiency]({figure.name})\n")
     (out / "comparison.md").write_text(text)
+    (out / "verdict.json").write_text(json.dumps({**verdict, "minutes": minutes}, indent=2))
     print("\n" + text)
-    print(f"written: {out / 'comparison.md'}  {out / 'comparison.csv'}  (MLflow experiment cxrssl-comparison)")
+    for warning in verdict["warnings"]:
+        print(f"\n!!! {warning} !!!")
+    _log_mlflow(cfg, study, summary, [out / "comparison.md", out / "comparison.csv", figure], verdict, minutes)
+    print(f"written: {out / 'comparison.md'}  {out / 'comparison.csv'}  {figure}")
 
 
-def _fmt(value) -> str:
-    return "—" if value is None or pd.isna(value) else f"{value:.3f}"
+def _log_mlflow(cfg, study, summary, files, verdict, minutes) -> None:
+    """One parent run for the sweep's table, a nested run per row (the training runs are in the same experiment)."""
+    import mlflow
 
-
-def markdown_table(df: pd.DataFrame) -> str:
-    lines = ["| label fraction | method | n train | AUROC [95 % CI] | sens | spec | F1 | MCC |",
-             "|---|---|---|---|---|---|---|---|"]
-    for _, r in df.iterrows():
-        lines.append(f"| {r.label_fraction:g} | {r.method} | {r.n_train} | {_fmt(r.auroc)} "
-                     f"[{_fmt(r.auroc_lo)}, {_fmt(r.auroc_hi)}] | {_fmt(r.sensitivity)} | {_fmt(r.specificity)} | "
-                     f"{_fmt(r.f1)} | {_fmt(r.mcc)} |")
-    return "\n".join(lines)
+    mlflow.set_tracking_uri(str(cfg.mlflow.tracking_uri))
+    mlflow.set_experiment("cxrssl-comparison")
+    with mlflow.start_run(run_name=f"study-{study.args.preset}"):
+        mlflow.set_tags({"study": study.args.preset, "underpowered": str(not verdict.get("positive_separates", True)),
+                         "biased": str(bool(verdict.get("negative_separates")))})
+        mlflow.log_metric("minutes", minutes)
+        for path in files:
+            mlflow.log_artifact(str(path))
+        for _, r in summary.iterrows():
+            with mlflow.start_run(run_name=f"{r.method} @ {r.label_fraction:g}", nested=True):
+                mlflow.log_params({"method": r.method, "label_fraction": r.label_fraction, "control": r.control})
+                mlflow.log_metrics({k: float(r[k]) for k in ("auroc", "auroc_lo", "auroc_hi", "delta", "delta_lo",
+                                                              "delta_hi", "p_holm") if np.isfinite(r[k])})
 
 
 if __name__ == "__main__":

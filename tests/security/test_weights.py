@@ -124,3 +124,13 @@ def test_load_weights_file_refuses_payload_and_hub_names(tmp_path):
     assert not marker.exists()
     with pytest.raises(PretrainedWeightsError, match="hub"):
         create_encoder("hf-hub:timm/resnet18.a1_in1k")
+
+
+def test_external_format_loaders_never_run_the_payload(timm_mode, evil):
+    from cxrssl.models.external import external_format_of, load_external_encoder
+
+    marker, path = evil
+    assert external_format_of(path) is None  # not an external layout: the regular loader reports it
+    with pytest.raises(UnsafeWeightsError):
+        load_external_encoder({"name": "test_resnet", "pretrained": None, "timm_kwargs": {}}, path)
+    assert not marker.exists()

@@ -141,7 +141,7 @@ def test_server_killed_mid_run_training_completes(tmp_path):
         stop_process_group(server2)
 
 
-def _sweep_job(uri: str, experiment_id: str, parent_id: str, value: float, barrier) -> None:
+def _sweep_job(uri: str, experiment_id: str, parent_id: str, value: float, delay: float, barrier) -> None:
     from mlflow import MlflowClient
 
     from cxrssl.sweeps import PARENT_RUN_TAG, update_sweep_parent
@@ -149,16 +149,18 @@ def _sweep_job(uri: str, experiment_id: str, parent_id: str, value: float, barri
     client = MlflowClient(tracking_uri=uri)
     run_id = client.create_run(experiment_id, tags={PARENT_RUN_TAG: parent_id}).info.run_id
     tracker = Tracker(client, run_id, experiment_id, uri, parent_run_id=parent_id)
-    tracker.log_metrics({"best/val/loss": value}, step=0)  # as finish_run does, before the parent update
-    barrier.wait()  # every job updates the parent at the same moment
+    barrier.wait()  # all jobs finish training together ...
+    time.sleep(delay)  # ... the best one first, so a last-writer-wins bug always shows
+    tracker.log_metrics({"best/val/loss": value}, step=0)  # as finish_run does, just before the parent update
     update_sweep_parent(tracker, "best/val/loss", "min")
+    barrier.wait()  # nobody's run ends before every job has updated the parent (all RUNNING meanwhile)
     tracker.end()
 
 
 def test_parallel_sweep_jobs_keep_the_best_parent(tmp_path):
-    """Six processes finish at once; the parent must name the true best, whatever the order.
-    (Before: only FINISHED children counted and nothing was locked, so a job that updated while
-    the best one was still RUNNING overwrote it.)"""
+    """Four processes finish at once; the parent must name the true best. (Before: only FINISHED
+    children counted and nothing was locked, so a job that updated while the best one was still
+    RUNNING overwrote it; and a read-then-write could interleave with another job's.)"""
     from mlflow import MlflowClient
 
     from cxrssl.tracking_store import resolve_tracking_uri
@@ -170,10 +172,11 @@ def test_parallel_sweep_jobs_keep_the_best_parent(tmp_path):
     client = MlflowClient(tracking_uri=uri)
     experiment_id = tracker.experiment_id
     parent_id = client.create_run(experiment_id, run_name="sweep-parent").info.run_id
-    values = [0.9, 0.5, 0.7, 0.2, 0.8, 0.6]
+    values = [0.2, 0.5, 0.7, 0.9]  # best first; delays below make the worst write last
     ctx = multiprocessing.get_context("spawn")
     barrier = ctx.Barrier(len(values))
-    jobs = [ctx.Process(target=_sweep_job, args=(uri, experiment_id, parent_id, v, barrier)) for v in values]
+    jobs = [ctx.Process(target=_sweep_job, args=(uri, experiment_id, parent_id, v, 0.5 * i, barrier))
+            for i, v in enumerate(values)]
     for job in jobs:
         job.start()
     for job in jobs:

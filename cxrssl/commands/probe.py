@@ -103,7 +103,10 @@ def run(cfg: DictConfig) -> float | None:
 
     if str(cfg.probe) not in PROBES:
         raise ValueError(f"probe={cfg.probe!r}: expected one of {PROBES}")
+    from cxrssl.engine.seed import seed_everything
+
     run_dir = run_dir_from_hydra()
+    seed_everything(int(cfg.trainer.seed))  # checkpoint=none: the same random encoder every time
     encoder, info = load_encoder(cfg.backbone, cfg.checkpoint, cfg.mlflow.get("tracking_uri"))
     tags = {"probe": str(cfg.probe), "backbone": cfg.backbone.name, "data": cfg.data.source,
             "encoder": str(info.get("source") or "random"), "pretext": str(info.get("pretext"))}

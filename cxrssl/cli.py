@@ -119,6 +119,7 @@ def main(argv: list[str] | None = None) -> int | None:
 
     task_function.__module__ = f"cxrssl.commands.{command}"
     app = hydra.main(config_path=str(config_dir()), config_name=command, version_base="1.3")(task_function)
+    _config_errors_as_user_errors(command)
     sys.argv = [sys.argv[0], *argv[1:]]  # Hydra parses sys.argv[1:]
     try:
         app()
@@ -150,6 +151,37 @@ class _UserExit(SystemExit):
 
 
 def _full_error() -> bool:
+def _config_errors_as_user_errors(command: str) -> None:
+    """Hydra reports a bad override or config option (`backbone=resnet9000`, a typo in a key) with
+    a clean message but exit status 1; give it our prefix and status 2 like every user error.
+    Wraps `hydra._internal.utils.run_and_report` (looked up at call time by `_run_hydra`); if a
+    Hydra release moves it, Hydra's own reporting simply stays."""
+    try:
+        import hydra._internal.utils as hydra_utils
+        from hydra.errors import CompactHydraException
+        from omegaconf.errors import OmegaConfBaseException
+    except ImportError:  # pragma: no cover
+        return
+    original = getattr(hydra_utils, "run_and_report", None)
+    if original is None or getattr(original, "_cxrssl", False):
+        return
+
+    def run_and_report(func):
+        def guarded():
+            try:
+                return func()
+            except CompactHydraException as error:
+                if _full_error():
+                    raise
+                cause = error.__cause__
+                detail = f"\n{cause}" if isinstance(cause, OmegaConfBaseException) else ""
+                raise _UserExit(f"cxrssl {command}: error: {error}{detail}") from None
+        return original(guarded)
+
+    run_and_report._cxrssl = True  # type: ignore[attr-defined]
+    hydra_utils.run_and_report = run_and_report
+
+
     """`HYDRA_FULL_ERROR=1`: tracebacks for user errors too (Hydra's own switch, so one knob)."""
     import os
 

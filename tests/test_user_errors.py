@@ -115,6 +115,14 @@ def _predict_inputs_missing(tmp: Path) -> tuple[list[str], list[str]]:
     return ["predict", "checkpoint=whatever.pt", f"inputs={tmp / 'none'}", *CKPT], ["whatever.pt"]
 
 
+def _unknown_option(tmp: Path) -> tuple[list[str], list[str]]:
+    return ["pretrain", "backbone=resnet9000", "mlflow.enabled=false"], ["backbone/resnet9000", "densenet121"]
+
+
+def _unknown_key(tmp: Path) -> tuple[list[str], list[str]]:
+    return ["finetune", "trainer.nosuchkey=1", "mlflow.enabled=false"], ["trainer.nosuchkey", "+trainer.nosuchkey=1"]
+
+
 CASES = {
     "bad_rows": _bad_rows, "unreadable_image": _unreadable_image, "missing_root": _missing_root,
     "root_not_a_folder": _root_not_a_folder, "user_folder_as_synthetic_root": _user_folder_as_synthetic_root,
@@ -123,13 +131,15 @@ CASES = {
     "cuda_without_gpu": _cuda_without_gpu, "non_positive_lr": _non_positive_lr,
     "label_fraction": _label_fraction, "small_image": _small_image, "zero_batch": _zero_batch,
     "predict_missing_checkpoint": _predict_inputs_missing,
+    "unknown_option": _unknown_option, "unknown_key": _unknown_key,  # Hydra's composition errors
 }
 #: Checked before any work (config checks): no run output may exist afterwards.
-EARLY = {"missing_root", "root_not_a_folder", "cuda_without_gpu", "non_positive_lr", "label_fraction",
+EARLY = {"unknown_option", "unknown_key", "missing_root", "root_not_a_folder", "cuda_without_gpu", "non_positive_lr", "label_fraction",
          "small_image", "zero_batch"}
 #: In the default suite (the issue asks for at least 8); the rest run with the slow tests.
 DEFAULT = {"bad_rows", "unreadable_image", "missing_root", "wrong_checkpoint_kind", "backbone_mismatch",
-           "unreachable_server", "cuda_without_gpu", "non_positive_lr", "user_folder_as_synthetic_root"}
+           "unreachable_server", "cuda_without_gpu", "non_positive_lr", "user_folder_as_synthetic_root",
+           "unknown_option"}
 
 
 @pytest.mark.parametrize("case", [c if c in DEFAULT else pytest.param(c, marks=pytest.mark.slow) for c in sorted(CASES)])

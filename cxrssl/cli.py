@@ -118,8 +118,8 @@ def main(argv: list[str] | None = None) -> int | None:
             raise _UserExit(format_user_error(command, error)) from None
 
     task_function.__module__ = f"cxrssl.commands.{command}"
-    app = hydra.main(config_path=str(config_dir()), config_name=command, version_base="1.3")(task_function)
     _config_errors_as_user_errors(command)
+    app = hydra.main(config_path=str(config_dir()), config_name=command, version_base="1.3")(task_function)
     sys.argv = [sys.argv[0], *argv[1:]]  # Hydra parses sys.argv[1:]
     try:
         app()
@@ -150,7 +150,6 @@ class _UserExit(SystemExit):
         self.message = message
 
 
-def _full_error() -> bool:
 def _config_errors_as_user_errors(command: str) -> None:
     """Hydra reports a bad override or config option (`backbone=resnet9000`, a typo in a key) with
     a clean message but exit status 1; give it our prefix and status 2 like every user error.
@@ -182,6 +181,7 @@ def _config_errors_as_user_errors(command: str) -> None:
     hydra_utils.run_and_report = run_and_report
 
 
+def _full_error() -> bool:
     """`HYDRA_FULL_ERROR=1`: tracebacks for user errors too (Hydra's own switch, so one knob)."""
     import os
 

@@ -84,3 +84,17 @@ def test_label_seed_and_scaled_validation():
     trained = lambda t: set(t.loc[t["split"] == "train", "patient_id"])  # noqa: E731
     assert trained(other) != trained(full)
     assert label_seed({"label_seed": None, "split_seed": 3}) == 3 and label_seed({"label_seed": 7, "split_seed": 3}) == 7
+
+
+def test_pretrain_command_trains_on_the_pool(tmp_path):
+    from cxrssl.commands.inprocess import run_command
+    from tests.conftest import TINY
+
+    _, summary = run_command("pretrain", [*TINY, "pretext=recon", "data.synthetic.n_unlabelled_patients=10",
+                                          "trainer.limit_batches=2", f"mlflow.tracking_uri=sqlite:///{tmp_path}/m.db"],
+                             run_dir=tmp_path / "run")
+    data = summary["data"]
+    assert data["pool_patients"] == 10 and data["pool_images"] >= 10
+    splits = pd.read_csv(tmp_path / "run" / "splits.csv")
+    pool = splits[splits["patient_id"].str.startswith("U")]
+    assert len(pool) == data["pool_images"] and (pool["split"] == "train").all()

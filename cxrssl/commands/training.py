@@ -11,22 +11,25 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from cxrssl.engine.checkpoint import CheckpointError, find_resume_checkpoint, load_checkpoint
+from cxrssl.engine.checkpoint import CheckpointError, find_resume_checkpoint, load_checkpoint, newest_resumable
+from cxrssl.engine import distributed
 from cxrssl.engine.loop import Trainer
+from cxrssl.engine.signals import Preempted, end_preempted
 from cxrssl.engine.optim import LRSchedule, build_optimizer
 from cxrssl.engine.precision import Precision
 from cxrssl.tasks.base import Task
 
 
 def resume_point(cfg: DictConfig, run_dir: Path) -> tuple[Path | None, str | None]:
-    """The checkpoint to resume from and the MLflow run it belonged to (continued if present)."""
+    """The checkpoint to resume from and the MLflow run it belonged to (continued if present).
+    Also checks, first, that the run's checkpoint folder is writable."""
     from cxrssl.sweeps import sweep_info_from_hydra
 
+    check_outputs(run_dir)  # first thing every training command does: fail before loading data
     resume = cfg.get("resume")
     if sweep_info_from_hydra() is not None and str(resume).lower() == "true":
         # In a sweep each job resumes only itself; a job that never wrote a checkpoint starts fresh.
-        own = run_dir / "checkpoints" / "last.pt"
-        resume = own if own.is_file() else None
+        resume = newest_resumable(run_dir / "checkpoints")
     path = find_resume_checkpoint(resume, run_dir)
     if path is None:
         return None, None
@@ -50,6 +53,8 @@ def fit_task(cfg: DictConfig, task: Task, loaders: dict, precision: Precision,
     lr_found = _lr_range_test(cfg, task, optimizer, loaders, precision, tracker, run_dir, resume_from)
     if lr_found is not None and lr_found["mode"] == "report":
         return {"lr_find": lr_found}  # lr_find=true: report and stop, no training
+    dist_env = distributed.env_from_torchrun()
+    loaders = {**loaders, "train": distributed.shard_loader(loaders["train"], dist_env)}  # torchrun: this rank's share
     limit = trainer_cfg.get("limit_batches")
     batches = min(len(loaders["train"]), int(limit)) if limit else len(loaders["train"])
     accumulate = max(int(trainer_cfg.get("accumulate_grad_batches", 1)), 1)
@@ -59,11 +64,17 @@ def fit_task(cfg: DictConfig, task: Task, loaders: dict, precision: Precision,
     config_yaml = OmegaConf.to_yaml(cfg, resolve=True)
     meta = {**meta, "mlflow_run_id": tracker.run_id, "image_size": int(cfg.data.image_size),
             "backbone": cfg.backbone.name}
-    trainer = Trainer(task, optimizer, schedule, precision, trainer_cfg, run_dir, tracker, config_yaml, meta)
+    trainer = Trainer(task, optimizer, schedule, precision, trainer_cfg, run_dir, tracker, config_yaml, meta,
+                      is_main=dist_env.is_main)
+    warn_one_class_validation(task, loaders["val"], limit)
     print(f"training {task.name} on {len(loaders['train'].dataset)} images "
           f"(val {len(loaders['val'].dataset)}) | {cfg.backbone.name} @ {cfg.data.image_size}px | "
           f"{precision.device} {precision.name} | run dir {run_dir}", flush=True)
-    result = trainer.fit(loaders["train"], loaders["val"], resume_from=resume_from)
+    try:
+        result = trainer.fit(loaders["train"], loaders["val"], resume_from=resume_from)
+    except Preempted as stop:  # SIGTERM/SIGUSR1: recovery.pt written; MLflow run KILLED; exit 143
+        raise end_preempted(stop, tracker, str(cfg.command)) from None
+    distributed.barrier()  # torchrun: rank 0 has written best.pt before any rank reads it
     return {**result, "lr_find": lr_found} if lr_found is not None else result
 
 
@@ -78,6 +89,7 @@ def _lr_range_test(cfg: DictConfig, task: Task, optimizer, loaders: dict, precis
         return None
     found = find_lr_for_run(OmegaConf.to_container(cfg.lr_finder, resolve=True), task, optimizer, loaders["train"],
                             precision, tracker, run_dir, cfg.trainer.get("grad_clip_norm"))
+    found = distributed.broadcast_object(found)  # torchrun: every rank applies rank 0's suggestion
     if mode == "apply":
         apply_lr(optimizer, found["suggested_lr"])
         tracker.log_params({"lr_find.applied_lr": found["suggested_lr"]})
@@ -97,3 +109,40 @@ def report_lr_find(cfg: DictConfig, tracker, run_dir: Path, found: dict[str, Any
                [])  # the curve and plot are already logged under lr_find/
     return float(found["suggested_lr"])
 
+
+def check_outputs(run_dir: Path) -> None:
+    """The run's checkpoint folder must be writable before any work starts."""
+    from cxrssl.data.writable import check_writable
+
+    check_writable(Path(run_dir) / "checkpoints", "the run's checkpoint folder",
+                   "choose a writable output folder with hydra.run.dir=<dir>")
+
+
+def warn_one_class_validation(task: Task, val_loader, limit: int | None) -> None:
+    """Before training: if the validation images the loop will see (all, or the first
+    `trainer.limit_batches` batches) have one class of the task's label, the monitor (AUROC) is
+    NaN every epoch; say so now rather than after the run."""
+    table = getattr(getattr(val_loader, "dataset", None), "table", None)
+    if table is None or task.name not in getattr(table, "columns", ()) or task.monitor not in ("auroc",):
+        return
+    seen = table[task.name] if not limit else table[task.name].iloc[: int(limit) * int(val_loader.batch_size or 1)]
+    classes = sorted(seen.dropna().unique().tolist())
+    if len(classes) < 2:
+        scope = f"the first {len(seen)} validation images (trainer.limit_batches={limit})" if limit else "validation"
+        print(f"warning: {scope} have only class {classes} of {task.name!r}: val/{task.monitor} will be NaN, "
+              "every epoch counts as a bad epoch and best.pt stays at epoch 1; raise trainer.limit_batches or "
+              "data.val_fraction", flush=True)
+
+
+def checkpoint_artifacts(cfg: DictConfig, ckpt_dir: Path) -> list[tuple[str, Path]]:
+    """`mlflow.log_checkpoints`: best (default: best.pt, weights only, once) | all (+ last.pt with
+    optimizer state) | none. `mlflow.log_model=false` (older configs) means none."""
+    mode = str(cfg.mlflow.get("log_checkpoints", "best")).lower()
+    if mode not in ("best", "all", "none"):
+        from cxrssl.errors import ConfigError
+
+        raise ConfigError(f"mlflow.log_checkpoints={mode!r}: expected best, all or none")
+    if not cfg.mlflow.get("log_model", True) or mode == "none":
+        return []
+    names = ["best.pt"] + (["last.pt"] if mode == "all" else [])
+    return [("checkpoints", Path(ckpt_dir) / name) for name in names]

@@ -82,7 +82,7 @@ def _seed_worker(worker_id: int) -> None:
     per sample by CXRDataset); preemption signals are left to the main process."""
     import signal
 
-    for signum in (getattr(signal, "SIGTERM", None), getattr(signal, "SIGUSR1", None)):
+    for signum in (getattr(signal, name, None) for name in ("SIGTERM", "SIGUSR1", "SIGUSR2")):
         if signum is not None:
             signal.signal(signum, signal.SIG_IGN)
     seed = torch.initial_seed() % 2**32

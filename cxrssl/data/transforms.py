@@ -12,6 +12,12 @@ from typing import Any
 
 import cv2
 
+# OpenCV's own thread pool does not survive fork(): a DataLoader worker forked after the parent
+# used cv2 (cache build, a workers=0 loader) can hang forever in its first resize/warp (seen in
+# tests/engine/test_exact_resume.py). Loader workers and the cache builder's threads are the
+# parallelism, so cv2 runs single-threaded inside each.
+cv2.setNumThreads(0)
+
 from cxrssl.errors import ConfigError
 from cxrssl.common import cfg_get as _get
 

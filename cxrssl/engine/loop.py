@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 
 from cxrssl.engine.batch import StepSums, to_device
 from cxrssl.engine.checkpoint import load_checkpoint
+from cxrssl.engine.distributed import average_gradients, broadcast_buffers
 from cxrssl.engine.optim import LRSchedule
 from cxrssl.engine.precision import Precision
 from cxrssl.engine.protocol import TrainableTask
@@ -67,6 +68,7 @@ class Trainer:
     def fit(self, train_loader, val_loader, resume_from: Path | None = None) -> dict[str, Any]:
         if resume_from is not None:
             self.restore(resume_from)
+        self.files.remove_stale_temporaries()
         train_loader = resumable_loader(train_loader, int(self.cfg.get("seed", 0)))
         max_epochs = int(self.cfg["max_epochs"])
         per_epoch = math.ceil(n_batches(train_loader, self.limit) / self.accumulate)
@@ -141,6 +143,7 @@ class Trainer:
 
     @torch.no_grad()
     def validate(self, loader, epoch: int) -> tuple[dict[str, float], list[Path]]:
+        broadcast_buffers(self.task)  # DDP: rank 0's BatchNorm statistics everywhere (no-op in one process)
         self.task.eval()
         self.task.reset_metrics()
         total = n_batches(loader, self.limit)
@@ -165,6 +168,7 @@ class Trainer:
 
     # ---------------------------------------------------------------- steps
     def _optimizer_step(self) -> None:
+        average_gradients(self.task.parameters())  # DDP: global-batch gradient (no-op in one process)
         clip = self.cfg.get("grad_clip_norm")
         if clip:
             self.scaler.unscale_(self.optimizer)
@@ -206,7 +210,7 @@ class Trainer:
     def _check_preempted(self, path: Path | None = None) -> None:
         if self.preemption.received:
             raise Preempted(self.preemption.received, path if path is not None else self._last_good(),
-                            self.state.global_step)
+                            self.state.global_step, self.preemption.previous_handler)
 
     # ---------------------------------------------------------------- best / stop
     def _update_best(self, value: float | None, epoch: int, val_logs: dict[str, float]) -> bool:

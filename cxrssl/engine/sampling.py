@@ -7,6 +7,7 @@ where to start. `resumable_loader` gives loaders built elsewhere (tests, scripts
 """
 from __future__ import annotations
 
+import torch
 from torch.utils.data import DataLoader, RandomSampler
 
 from cxrssl.data.resumable import ResumableSampler
@@ -31,7 +32,8 @@ def resumable_loader(loader, seed: int):
                       collate_fn=loader.collate_fn, pin_memory=loader.pin_memory, drop_last=loader.drop_last,
                       timeout=loader.timeout, worker_init_fn=loader.worker_init_fn,
                       multiprocessing_context=loader.multiprocessing_context if workers else None,
-                      generator=loader.generator, prefetch_factor=loader.prefetch_factor if workers else None,
+                      # its own generator: the worker base seed must not come from the global RNG
+                      generator=loader.generator or torch.Generator().manual_seed(seed), prefetch_factor=loader.prefetch_factor if workers else None,
                       persistent_workers=loader.persistent_workers and workers > 0)
 
 

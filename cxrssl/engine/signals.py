@@ -1,5 +1,9 @@
 """Preemption: SIGTERM (and SLURM's early-warning SIGUSR1) become a recovery checkpoint.
 
+Also handled: submitit's requeue signal (`SUBMITIT_PREEMPT_SIGNAL`, default USR2), which submitit
+would otherwise act on at once (requeue + exit, no checkpoint): the engine writes the recovery
+checkpoint first and then hands the signal to submitit's own handler, which requeues the job.
+
 The handler only sets a flag; the loop looks at it after each optimizer step (a Python bool, no
 device sync), writes `checkpoints/recovery.pt` at that step boundary and raises `Preempted`.
 `cxrssl` then ends the MLflow run as KILLED with a `resume_hint` tag and exits with
@@ -8,12 +12,15 @@ requeueing wrappers treat as "terminated, requeue me"; `resume=true` continues e
 """
 from __future__ import annotations
 
+import os
 import signal
 import threading
 from pathlib import Path
 
 EXIT_PREEMPTED = 143
-PREEMPT_SIGNALS = tuple(s for s in (getattr(signal, "SIGTERM", None), getattr(signal, "SIGUSR1", None)) if s)
+_SUBMITIT_SIGNAL = getattr(signal, "SIG" + os.environ.get("SUBMITIT_PREEMPT_SIGNAL", "USR2"), None)
+PREEMPT_SIGNALS = tuple(dict.fromkeys(s for s in (getattr(signal, "SIGTERM", None), getattr(signal, "SIGUSR1", None),
+                                                  _SUBMITIT_SIGNAL) if s))
 
 
 class Preempted(Exception):
@@ -21,8 +28,9 @@ class Preempted(Exception):
 
     exit_code = EXIT_PREEMPTED
 
-    def __init__(self, signal_name: str, checkpoint: Path | None, global_step: int):
+    def __init__(self, signal_name: str, checkpoint: Path | None, global_step: int, chained=None):
         self.signal_name, self.checkpoint, self.global_step = signal_name, checkpoint, global_step
+        self.chained = chained  # the handler installed before ours (e.g. submitit's requeue), called last
         where = f"recovery checkpoint {checkpoint}" if checkpoint else "no checkpoint (not the main process)"
         super().__init__(f"received {signal_name}: stopped at step {global_step} after writing {where}; "
                          "continue with the same command plus resume=true")
@@ -35,6 +43,7 @@ class PreemptionFlag:
     def __init__(self, signals: tuple[int, ...] = PREEMPT_SIGNALS):
         self.signals = signals
         self.received: str | None = None
+        self.previous_handler = None  # of the received signal, if it was a Python callable
         self._previous: dict[int, object] = {}
 
     def _handle(self, signum, frame) -> None:
@@ -42,6 +51,8 @@ class PreemptionFlag:
             print(f"\n{signal.Signals(signum).name} received: writing a recovery checkpoint at the next step",
                   flush=True)
         self.received = signal.Signals(signum).name
+        previous = self._previous.get(signum)
+        self.previous_handler = (lambda: previous(signum, None)) if callable(previous) else None
 
     def __enter__(self) -> PreemptionFlag:
         if threading.current_thread() is threading.main_thread():
@@ -72,4 +83,6 @@ def end_preempted(stop: Preempted, tracker, command: str) -> SystemExit:
                       "recovery_checkpoint": str(stop.checkpoint or ""), "preempted_at_step": stop.global_step})
     tracker.end("KILLED", error=f"preempted by {stop.signal_name} at step {stop.global_step}; continue with {hint}")
     print(f"cxrssl {command}: preempted: {stop}", file=sys.stderr, flush=True)
+    if stop.chained is not None:  # e.g. submitit: requeue the job now that the checkpoint is on disk
+        stop.chained()
     return SystemExit(stop.exit_code)

@@ -13,6 +13,7 @@ the previous file of that name is still loadable.
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -56,6 +57,16 @@ class CheckpointFiles:
     def __init__(self, ckpt_dir: Path, is_main: bool = True):
         self.dir, self.is_main = Path(ckpt_dir), is_main
         self.last, self.best, self.recovery = (self.dir / n for n in ("last.pt", "best.pt", "recovery.pt"))
+
+    def remove_stale_temporaries(self) -> list[Path]:
+        """`*.tmp-<pid>` files of earlier processes (a kill mid-write); never a complete checkpoint."""
+        if not self.is_main or not self.dir.is_dir():
+            return []
+        own = f".tmp-{os.getpid()}"
+        stale = [p for p in self.dir.glob("*.pt.tmp-*") if not p.name.endswith(own)]
+        for path in stale:
+            path.unlink(missing_ok=True)
+        return stale
 
     def save_epoch(self, state: dict[str, Any], improved: bool) -> None:
         if not self.is_main:

@@ -7,7 +7,7 @@ import torchmetrics
 
 from cxrssl.models import Encoder
 from cxrssl.models.heads import PooledHead
-from cxrssl.tasks.base import Task, empty_loss, masked_target
+from cxrssl.tasks.base import Task, masked_mean, masked_target
 
 _LOSSES = {"l1": F.l1_loss, "smooth_l1": F.smooth_l1_loss, "mse": F.mse_loss}
 
@@ -39,10 +39,9 @@ class AgeTask(Task):
 
     def loss(self, outputs, batch):
         target, valid = masked_target(batch, "age", outputs["age"].device)
-        if not valid.any():
-            return empty_loss(outputs["age"]), {}
-        pred = outputs["age"][valid] / self.age_scale
-        loss = _LOSSES[self.loss_name](pred, target[valid] / self.age_scale)
+        per_image = _LOSSES[self.loss_name](outputs["age"] / self.age_scale,
+                                            torch.nan_to_num(target) / self.age_scale, reduction="none")
+        loss = masked_mean(per_image, valid)  # no host sync: images without an age weigh 0
         return loss, {"loss": loss.detach()}
 
     def update_metrics(self, outputs, batch):

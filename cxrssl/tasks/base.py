@@ -84,6 +84,14 @@ def masked_target(batch: dict, key: str, device: torch.device) -> tuple[torch.Te
     return target, ~torch.isnan(target)
 
 
+def masked_mean(per_item: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Mean of `per_item` over `valid` rows without a host sync (no boolean indexing, no
+    `if valid.any()`): 0 with the graph kept when no row is valid. Compute `per_item` on targets
+    with NaN replaced (`torch.nan_to_num`) so masked rows carry no NaN into the gradient."""
+    weight = valid.to(per_item.dtype)
+    return (per_item * weight).sum() / weight.sum().clamp_min(1.0)
+
+
 def empty_loss(prediction: torch.Tensor) -> torch.Tensor:
     """A zero loss that keeps the graph (a batch whose labels are all missing)."""
     return prediction.sum() * 0.0

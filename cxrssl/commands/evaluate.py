@@ -71,8 +71,32 @@ def run(cfg: DictConfig) -> float | None:
                              for key, suffix in (("value", ""), ("ci_low", "_ci_low"), ("ci_high", "_ci_high"))
                              if v.get(key) is not None}, step=0)
         table_text = format_terminal_table(summary)
+        report = _write_html_report(info, run_dir, summary, tracker, split)
         headline = [table_text, f"checkpoint:  {info['path']}", f"threshold:   {threshold:.4f} ({rule})",
-                    f"report:      {Path(run_dir) / 'report.md'}"]
+                    f"report:      {report}  (tables: {Path(run_dir) / 'report.md'})",
+                    f"next:        cxrssl explain checkpoint={info['path']} explain.evaluation={run_dir}"]
         finish_run(cfg, tracker, run_dir, {"pretrain_overlap": overlap, "evaluation": summary, "checkpoint": info["path"], "split": split},
                    headline, [("evaluation", run_dir)])
         return metrics.get("auroc", {}).get("value")
+
+
+def _write_html_report(info: dict, run_dir: Path, summary: dict, tracker, split: str) -> Path:
+    """`report.html` of this run; remembered beside a local checkpoint (`reports.json`) so a later
+    `cxrssl explain` on the same checkpoint and split adds its sections to it."""
+    import json
+
+    from cxrssl.reporting.html import write_report
+    from cxrssl.tracking_security import redact_uri
+
+    path = write_report(Path(run_dir) / "report.html", info=info, evaluation_dir=run_dir, evaluation=summary,
+                        run={"mlflow_run_id": tracker.run_id,
+                             "tracking_uri": redact_uri(getattr(tracker, "tracking_uri", None))})
+    checkpoint = Path(str(info["path"]))
+    if checkpoint.is_file():
+        index = checkpoint.parent / "reports.json"
+        try:
+            known = json.loads(index.read_text()) if index.is_file() else {}
+            index.write_text(json.dumps({**known, split: str(run_dir)}, indent=2) + "\n")
+        except (OSError, ValueError):  # a read-only or damaged index only loses the link
+            pass
+    return path

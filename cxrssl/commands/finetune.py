@@ -8,6 +8,7 @@ from cxrssl.commands.report import finish_run, run_dir_from_hydra, start_run_tra
 from cxrssl.commands.training import checkpoint_artifacts, fit_task, report_lr_find, resume_point
 from cxrssl.commands.validation import check_config
 from cxrssl.engine.checkpoint import load_checkpoint, save_checkpoint
+from cxrssl.engine.distributed import env_from_torchrun, init_from_env
 from cxrssl.engine.precision import resolve_precision
 from cxrssl.engine.seed import seed_everything
 from cxrssl.errors import ConfigError
@@ -68,6 +69,7 @@ def run(cfg: DictConfig) -> float | None:
     from cxrssl.tasks.imbalance import build_imbalance
 
     check_config(cfg)  # impossible values fail here, in well under a second
+    init_from_env(str(cfg.trainer.device))  # torchrun: join the process group (no-op otherwise)
     run_dir = run_dir_from_hydra()
     resume_from, resume_run_id = resume_point(cfg, run_dir)
     seed = int(cfg.trainer.seed)
@@ -114,6 +116,8 @@ def run(cfg: DictConfig) -> float | None:
         result = fit_task(cfg, task, loaders, precision, tracker, run_dir, resume_from, meta)
         if "epochs_completed" not in result:  # lr_find=true: the LR range test only
             return report_lr_find(cfg, tracker, run_dir, result["lr_find"])
+        if not env_from_torchrun().is_main:  # torchrun: rank 0 alone writes the run's outputs
+            return result["best_value"]
 
         # Decision threshold: chosen on validation with the best checkpoint, saved inside it.
         ckpt_dir = run_dir / "checkpoints"
@@ -131,6 +135,7 @@ def run(cfg: DictConfig) -> float | None:
             state = load_checkpoint(ckpt_dir / name)
             state["meta"] = {**state["meta"], "threshold": float(threshold)}
             save_checkpoint(state, ckpt_dir / name)
+        _write_model_card(cfg, tags, best, val_pred, threshold, ckpt_dir, len(table[table["split"] == "train"]))
 
         n_train = len(loaders["train"].dataset)
         headline = [f"finetune cardiomegaly | {cfg.backbone.name} from {tags['pretext']} | {ft.strategy} | "
@@ -150,3 +155,21 @@ def run(cfg: DictConfig) -> float | None:
                                            "checkpoints": {"best": ckpt_dir / "best.pt", "last": ckpt_dir / "last.pt"}},
                    headline, artifacts, monitor=result["monitor"], monitor_mode=result["monitor_mode"])
         return result["best_value"]
+
+
+def _write_model_card(cfg: DictConfig, tags: dict, best: dict, val_pred, threshold: float, ckpt_dir,
+                      n_train: int) -> None:
+    """model_card.md/.json beside best.pt (Mitchell et al. headings), validation metrics with CIs."""
+    from cxrssl.reporting.model_card import card_from_validation
+
+    meta = best.get("meta", {})
+    details = {"backbone": cfg.backbone.name, "pretext": tags["pretext"], "strategy": cfg.finetune.strategy,
+               "imbalance": cfg.imbalance.name, "image_size": int(cfg.data.image_size),
+               "checkpoint": str(ckpt_dir / "best.pt"), "best_epoch": meta.get("epoch"),
+               "mlflow_run_id": meta.get("mlflow_run_id"), "output": "P(cardiomegaly) = sigmoid(logit)"}
+    training = {"source": str(cfg.data.source), "label_fraction": float(cfg.data.label_fraction),
+                "n_train_images": n_train, "split_seed": int(cfg.data.split_seed),
+                "splits": f"patient-level, val {cfg.data.val_fraction}, test {cfg.data.test_fraction}",
+                "pretrained": tags.get("pretrained")}
+    card_from_validation(val_pred, threshold, str(cfg.evaluate.threshold), details, training, ckpt_dir,
+                         seed=int(cfg.trainer.seed))

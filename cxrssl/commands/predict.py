@@ -5,6 +5,7 @@ Unreadable files never stop the rest: they are listed in `unreadable.csv` and co
 from __future__ import annotations
 
 import glob
+import textwrap
 from pathlib import Path
 
 import pandas as pd
@@ -83,7 +84,7 @@ def run(cfg: DictConfig) -> dict:
 
     check_config(cfg)  # impossible values fail here, in well under a second
     run_dir = run_dir_from_hydra()
-    model, info, data_cfg = load_model_and_data(cfg)
+    model, info, data_cfg = _load(cfg, load_model_and_data)
     meta = info.get("meta", {})
     threshold = saved_threshold(info, cfg.predict.get("threshold"))
     paths = collect_inputs(str(cfg.inputs))
@@ -102,7 +103,8 @@ def run(cfg: DictConfig) -> dict:
             rows += [{"path": str(paths[i]), "probability": float(p), "predicted": int(p >= threshold)}
                      for i, p in zip(indices, probs)]
             if cfg.predict.gradcam:
-                _save_gradcam(model, images, [paths[i] for i in indices], indices, probs, overlays, precision.device)
+                _save_gradcam(model, images, [paths[i] for i in indices], indices, probs, overlays, precision.device,
+                              threshold)
         out_csv, bad_csv = run_dir / "predictions.csv", run_dir / "unreadable.csv"
         pd.DataFrame(rows, columns=["path", "probability", "predicted"]).to_csv(out_csv, index=False)
         pd.DataFrame(failures, columns=["path", "error"]).to_csv(bad_csv, index=False)
@@ -111,7 +113,7 @@ def run(cfg: DictConfig) -> dict:
                     f"predictions: {out_csv}"]
         if failures:
             headline.append(f"unreadable:  {len(failures)} file(s), listed in {bad_csv}; first: "
-                            f"{failures[0]['path']} ({failures[0]['error'][:120]})")
+                            f"{failures[0]['path']} ({textwrap.shorten(failures[0]['error'], 120)})")
         artifacts = [("predict", out_csv), ("predict", bad_csv)] + ([("gradcam", overlays)] if overlays.is_dir() else [])
         finish_run(cfg, tracker, run_dir, {"n_inputs": len(paths), "n_scored": len(rows), "n_unreadable": len(failures),
                                            "threshold": threshold, "predictions": out_csv, "unreadable": bad_csv,
@@ -119,18 +121,51 @@ def run(cfg: DictConfig) -> dict:
         return {"n_scored": len(rows), "n_unreadable": len(failures)}
 
 
-def _save_gradcam(model, images, paths, indices, probs, out_dir: Path, device) -> None:
-    """One overlay per image, named `<input index>_<stem>` so repeated file names never collide."""
-    import matplotlib
+def _load(cfg: DictConfig, load_model_and_data):
+    """A cxrssl checkpoint, or a file from `cxrssl export` (.onnx / .ts) with its own preprocessing."""
+    from omegaconf import OmegaConf, open_dict
+
+    from cxrssl.commands.export import ExportedModel, is_exported
+
+    if not is_exported(cfg.checkpoint):
+        return load_model_and_data(cfg)
+    if cfg.predict.gradcam:
+        raise ConfigError(f"predict.gradcam=true needs the PyTorch checkpoint; {cfg.checkpoint} is an exported model "
+                          "(Grad-CAM reads gradients the exported graph does not keep)")
+    model = ExportedModel(str(cfg.checkpoint))
+    meta = model.metadata
+    data_cfg = OmegaConf.create(OmegaConf.to_container(cfg.data, resolve=True))
+    for key, value in (meta.get("data") or {}).items():
+        if key != "source" and value is not None:
+            data_cfg[key] = value
+    with open_dict(cfg):
+        cfg.data = data_cfg
+    info = {"path": str(cfg.checkpoint), "meta": {**meta, "command": "export"}}
+    return model, info, data_cfg
+
+
+def _save_gradcam(model, images, paths, indices, probs, out_dir: Path, device, threshold: float) -> None:
+    """One overlay per image, named `<input index>_<stem>` so repeated file names never collide:
+    film and Grad-CAM side by side at 100 dpi, a labelled colour bar, the probability, the
+    predicted label and the threshold that made it."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    from cxrssl.explain import compute_attributions
-    from cxrssl.explain.render import draw_overlay
+    from cxrssl.explain import compute_attributions, resolve_explain_layer
+    from cxrssl.explain.render import colour_bar, draw_overlay
 
-    matplotlib.use("Agg")
-    maps = compute_attributions(model, images, "gradcam", device=device, progress=False)
+    layer, _ = resolve_explain_layer(model, None, int(images.shape[-1]))
+    maps = compute_attributions(model, images, "gradcam", layer=layer, device=device, progress=False)
     out_dir.mkdir(parents=True, exist_ok=True)
     for image, attr, path, index, prob in zip(images.numpy(), maps, paths, indices, probs):
-        fig = Figure(figsize=(4, 4))
-        draw_overlay(fig.add_subplot(), image, attr, title=f"{Path(path).name}  p={prob:.2f}")
-        fig.savefig(out_dir / f"{index:06d}_{Path(path).stem}_gradcam.png", dpi=80, bbox_inches="tight")
+        fig = Figure(figsize=(9, 5.4))
+        FigureCanvasAgg(fig)
+        left, right = fig.subplots(1, 2)
+        fig.subplots_adjust(left=0.03, right=0.97, top=0.82, bottom=0.16, wspace=0.08)
+        draw_overlay(left, image, None, title="film")
+        handle = draw_overlay(right, image, attr, title=f"Grad-CAM ({layer})")
+        colour_bar(fig, handle, right, signed=False)
+        label = "cardiomegaly" if prob >= threshold else "no cardiomegaly"
+        fig.suptitle(f"{Path(path).name}\np = {prob:.3f} → predicted: {label} (threshold {threshold:.3f})",
+                     fontsize=12)
+        fig.savefig(out_dir / f"{index:06d}_{Path(path).stem}_gradcam.png", dpi=100)

@@ -1,4 +1,5 @@
-"""The four figures of a diagnostic-accuracy report, as PNGs.
+"""The figures of a diagnostic-accuracy report, as PNGs: ROC, PR, calibration (with per-bin counts
+and Wilson 95 % CIs), confusion matrix and decision curve (net benefit, Vickers & Elkin 2006).
 
 Matplotlib is imported inside the functions (it is slow to import and the CLI must start fast),
 and figures are drawn on ``matplotlib.figure.Figure`` with the Agg canvas rather than pyplot, so
@@ -19,14 +20,15 @@ from cxrssl.evaluation.metrics import ensure_two_classes, prepare_predictions
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-PLOT_NAMES = ("roc", "pr", "calibration", "confusion")
+PLOT_NAMES = ("roc", "pr", "calibration", "confusion", "decision_curve")
 CI = tuple[float, float, float]
 
 
 def save_plots(pred_df: pd.DataFrame, threshold: float, out_dir: str | Path,
                ci: dict[str, CI] | None = None, n_bins: int = 10,
                split: str = "data") -> dict[str, Path]:
-    """Write ``roc.png``, ``pr.png``, ``calibration.png`` and ``confusion.png``; ``ci`` (from
+    """Write ``roc.png``, ``pr.png``, ``calibration.png``, ``confusion.png`` and
+    ``decision_curve.png`` (data: ``calibration.net_benefit``); ``ci`` (from
     :func:`bootstrap_ci`) adds the AUROC/AUPRC intervals to the legends."""
     df, _ = prepare_predictions(pred_df, split)
     y, p = df["label"].to_numpy(int), df["probability"].to_numpy(float)
@@ -37,7 +39,8 @@ def save_plots(pred_df: pd.DataFrame, threshold: float, out_dir: str | Path,
     figures = {"roc": roc_figure(y, p, threshold, ci.get("auroc")),
                "pr": pr_figure(y, p, threshold, ci.get("auprc")),
                "calibration": calibration_figure(y, p, n_bins),
-               "confusion": confusion_figure(y, p, threshold)}
+               "confusion": confusion_figure(y, p, threshold),
+               "decision_curve": decision_curve_figure(y, p, threshold)}
     paths = {}
     for name, fig in figures.items():
         paths[name] = out / f"{name}.png"
@@ -92,19 +95,52 @@ def pr_figure(y: np.ndarray, p: np.ndarray, threshold: float, ci: CI | None = No
 
 
 def calibration_figure(y: np.ndarray, p: np.ndarray, n_bins: int = 10) -> Figure:
+    """Reliability diagram: observed fraction per bin with its Wilson 95 % CI and the bin's count
+    written beside it, so a one-case bin is visibly one case; a count histogram below."""
+    from statsmodels.stats.proportion import proportion_confint
+
     table = reliability_table(y, p, n_bins)
-    fig = _figure(4.8, 5.6)
+    fig = _figure(5.4, 6.0)
     top, bottom = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1]})
-    filled = table["count"] > 0
+    filled = table[table["count"] > 0]
+    positives = (filled["fraction_positive"] * filled["count"]).round().astype(int)
+    low, high = proportion_confint(positives, filled["count"], alpha=0.05, method="wilson")
     top.plot([0, 1], [0, 1], ls="--", c="grey", lw=1, label="perfect calibration")
-    top.plot(table.loc[filled, "mean_probability"], table.loc[filled, "fraction_positive"], "o-",
-             label="model")
+    top.errorbar(filled["mean_probability"], filled["fraction_positive"],
+                 # clipped: Wilson bounds of 0/n or n/n can miss 0 or 1 by one ulp, and matplotlib refuses
+                 # negative error bars
+                 yerr=[np.clip(filled["fraction_positive"] - low, 0, None),
+                       np.clip(high - filled["fraction_positive"], 0, None)], fmt="o-", capsize=3,
+                 label="model (95 % Wilson CI per bin)")
+    for x, frac, count in zip(filled["mean_probability"], filled["fraction_positive"], filled["count"]):
+        top.annotate(f"n={count}", (x, frac), textcoords="offset points", xytext=(4, -12), fontsize=7,
+                     color="dimgrey")
     top.set(ylabel="observed fraction positive", title="Calibration (reliability) diagram",
-            xlim=(0, 1), ylim=(-0.01, 1.01))
+            xlim=(0, 1), ylim=(-0.02, 1.02))
     top.legend(loc="upper left", fontsize=8)
     width = table["bin_high"] - table["bin_low"]
     bottom.bar(table["bin_low"], table["count"], width=width, align="edge", edgecolor="white")
-    bottom.set(xlabel="predicted probability", ylabel="count")
+    bottom.set(xlabel="predicted probability", ylabel="images per bin")
+    return fig
+
+
+def decision_curve_figure(y: np.ndarray, p: np.ndarray, threshold: float | None = None) -> Figure:
+    """Decision curve: where the model's line is above both "treat all" and "treat none" it is
+    worth using at that threshold probability."""
+    from cxrssl.evaluation.calibration import net_benefit
+
+    curve = net_benefit(y, p)
+    fig = _figure(5.4, 4.4)
+    ax = fig.add_subplot()
+    ax.plot(curve["threshold"], curve["net_benefit_model"], lw=2, label="model")
+    ax.plot(curve["threshold"], curve["net_benefit_all"], ls="--", c="grey", lw=1, label="treat all")
+    ax.axhline(0, c="black", lw=1, label="treat none")
+    if threshold is not None:
+        ax.axvline(threshold, c="crimson", ls=":", lw=1.5, label=f"chosen threshold {threshold:.3g}")
+    top = max(float(np.mean(y)), float(curve["net_benefit_model"].max()))
+    ax.set(xlabel="threshold probability", ylabel="net benefit (true positives per image)",
+           title="Decision curve", xlim=(0, 1), ylim=(-0.05, top + 0.05))
+    ax.legend(loc="upper right", fontsize=8)
     return fig
 
 

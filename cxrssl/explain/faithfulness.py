@@ -73,3 +73,48 @@ def deletion_insertion_auc(model: nn.Module, images: torch.Tensor | np.ndarray, 
                                                     batch_size=batch_size, device=device, seed=seed)
     x = np.linspace(0.0, 1.0, steps + 1)
     return trapezoid(deletion, x, axis=1), trapezoid(insertion, x, axis=1)
+
+
+@torch.no_grad()
+def baseline_probability(model: nn.Module, images: torch.Tensor | np.ndarray, baseline: str = "blur",
+                         device: str | torch.device = "cpu") -> np.ndarray:
+    """The model's probability for the baseline film itself: where insertion starts and deletion
+    ends. A baseline the model already calls positive makes both AUCs uninformative."""
+    images = torch.as_tensor(images, dtype=torch.float32).to(device)
+    wrapped = PositiveScore(model.to(device).eval())
+    return torch.sigmoid(wrapped(_baseline(images, baseline))[:, 0]).float().cpu().numpy()
+
+
+def faithfulness_scores(model: nn.Module, images: torch.Tensor | np.ndarray, maps: dict[str, np.ndarray], *,
+                        baselines: tuple[str, ...] = ("zero", "blur"), steps: int = 20, batch_size: int = 64,
+                        device: str | torch.device = "cpu", seed: int = 0,
+                        progress: bool = False) -> tuple[dict[str, dict[str, np.ndarray]],
+                                                                                    dict[str, np.ndarray]]:
+    """Deletion/insertion AUCs of every method under every baseline, next to their references.
+
+    Returns ({method: {"deletion_auc_<b>", "insertion_auc_<b>": (B,)}} and {"random_deletion_auc_<b>",
+    "random_insertion_auc_<b>", "baseline_probability_<b>": (B,)}): a map is only informative when
+    its deletion AUC is below the random-order one and its insertion AUC above it.
+    """
+    from scipy.integrate import trapezoid
+    from tqdm.auto import tqdm
+
+    x = np.linspace(0.0, 1.0, steps + 1)
+    images = torch.as_tensor(images, dtype=torch.float32)
+    bar = tqdm(total=len(baselines) * (len(maps) + 1), desc="deletion/insertion", unit="curve set",
+               disable=not progress, leave=False)
+    per_method: dict[str, dict[str, np.ndarray]] = {m: {} for m in maps}
+    reference: dict[str, np.ndarray] = {}
+    noise = np.random.default_rng([seed, 7]).random((len(images), *images.shape[-2:])).astype(np.float32)
+    for baseline in baselines:
+        for method, attr in {**maps, "__random__": noise}.items():
+            deletion, insertion = deletion_insertion_curves(model, images, attr, steps=steps, baseline=baseline,
+                                                            batch_size=batch_size, device=device, seed=seed)
+            target = reference if method == "__random__" else per_method[method]
+            prefix = "random_" if method == "__random__" else ""
+            target[f"{prefix}deletion_auc_{baseline}"] = trapezoid(deletion, x, axis=1)
+            target[f"{prefix}insertion_auc_{baseline}"] = trapezoid(insertion, x, axis=1)
+            bar.update()
+        reference[f"baseline_probability_{baseline}"] = baseline_probability(model, images, baseline, device)
+    bar.close()
+    return per_method, reference

@@ -128,6 +128,8 @@ def _evaluation_dir(cfg: DictConfig, info: dict, split: str) -> Path | None:
     import json
 
     evaluation = cfg.explain.get("evaluation")
+    if evaluation is False or str(evaluation).lower() == "false":  # this run's own report.html only
+        return None
     if evaluation:
         eval_dir = Path(str(evaluation))
         if not (eval_dir / "summary.json").is_file():

@@ -111,6 +111,9 @@ def main(argv: list[str] | None = None) -> int | None:
 
     def task_function(cfg):
         try:
+            from cxrssl.commands.validation import check_config
+
+            check_config(cfg)  # before importing the command (torch: seconds): mistakes fail at once
             return import_module(f"cxrssl.commands.{command}").run(cfg)
         except UserError as error:
             if _full_error():

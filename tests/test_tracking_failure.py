@@ -73,11 +73,14 @@ def test_dead_store_goes_offline_and_replays(tmp_path, monkeypatch):
     assert "python" in status["reupload"] and "cxrssl.tracking_offline" in status["reupload"]
     ops = [r["op"] for r in read_records(tmp_path / OFFLINE_FILE)]
     assert ops == ["header", "metrics", "metrics", "metrics", "params", "artifact", "end"]
-    assert replay(tmp_path) == run_id
+    from cxrssl.tracking_offline import main as upload
+
+    assert upload([str(tmp_path)]) == 0  # what the summary tells the user to run
     run = live.get_run(run_id)
     assert run.info.status == "FINISHED" and run.data.params == {"optimizer.lr": "0.1"}
     assert [m.step for m in live.get_metric_history(run_id, "train/loss")] == [0, 1, 2]
     assert (tmp_path / UPLOADED_FILE).is_file() and not (tmp_path / OFFLINE_FILE).exists()
+    assert upload([str(tmp_path)]) == 2  # nothing left to send: a one-line user error, not a traceback
 
 
 @pytest.mark.server

@@ -205,6 +205,10 @@ def test_config_checks_take_well_under_a_second():
         check_config(cfg)
     assert time.perf_counter() - start < 1.0
     check_config(compose_config("finetune", []))  # the shipped defaults pass
+    with pytest.raises(ConfigError, match=r"evaluate\.threshold='youdn'.*valid rules"):
+        check_config(compose_config("finetune", ["evaluate.threshold=youdn"]))
+    with pytest.raises(ConfigError, match=r"predict\.threshold"):
+        check_config(compose_config("predict", ["checkpoint=x", "inputs=y", "predict.threshold=1.5"]))
     for command in ("pretrain", "evaluate", "explain", "predict"):
         overrides = {"evaluate": ["checkpoint=x"], "explain": ["checkpoint=x"],
                      "predict": ["checkpoint=x", "inputs=y"]}.get(command, [])

@@ -142,6 +142,16 @@ def check_config(cfg: DictConfig) -> None:
     _check_range(cfg, "explain.per_group", 1, None, integer=True, allowed="an integer >= 1")
     _check_range(cfg, "explain.batch_size", 1, None, integer=True, allowed="an integer >= 1")
     _check_range(cfg, "predict.batch_size", 1, None, integer=True, allowed="an integer >= 1")
+    rule = _value(cfg, "evaluate.threshold")
+    if rule not in (_MISSING, None, "youden", "f1"):  # the common rules need no parsing (nor sklearn)
+        from cxrssl.evaluation.thresholds import check_rule
+
+        try:
+            check_rule(rule)
+        except ConfigError as error:
+            raise ConfigError(f"evaluate.threshold={rule!r}: {error}") from None
+    for key in ("explain.threshold", "predict.threshold"):
+        _check_range(cfg, key, 0, 1, allowed="null (the checkpoint's threshold) or a probability in [0, 1]")
     strategy = _value(cfg, "finetune.strategy")
     if strategy not in (_MISSING, None) and str(strategy) not in STRATEGIES:
         raise ConfigError(f"finetune.strategy={strategy!r} is not allowed: must be one of {STRATEGIES}")

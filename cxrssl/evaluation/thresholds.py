@@ -10,6 +10,7 @@ from collections.abc import Sequence
 import numpy as np
 from sklearn.metrics import precision_recall_curve, roc_curve
 
+from cxrssl.errors import ConfigError
 from cxrssl.evaluation.metrics import as_arrays, ensure_two_classes
 
 #: Scores closer than this count as tied: rounding makes 3/10 - 1/10 differ from 5/10 - 3/10.
@@ -31,10 +32,7 @@ def choose_threshold(labels: Sequence[float], probs: Sequence[float], rule: str 
     fixed = _as_fixed(rule)
     if fixed is not None:
         return fixed
-    name, _, arg = str(rule).strip().lower().partition("@")
-    if name not in ("youden", "f1", "sensitivity", "specificity") or (bool(arg) != (name in (
-            "sensitivity", "specificity"))):
-        raise ValueError(f"unknown threshold rule {rule!r}; valid rules: {', '.join(VALID_RULES)}")
+    name, arg = check_rule(rule)
     y, p = as_arrays(labels, probs)
     ensure_two_classes(y, split)
     if name == "f1":
@@ -50,6 +48,20 @@ def choose_threshold(labels: Sequence[float], probs: Sequence[float], rule: str 
     if len(ok) == 0:  # only "call nothing positive" reaches that specificity
         return float(np.nextafter(p.max(), np.inf))
     return float(thr[ok[-1]])
+
+
+def check_rule(rule: str | float) -> tuple[str, str]:
+    """Parse ``rule`` without data: ``(name, argument)``; a :class:`ConfigError` (a ValueError)
+    naming the valid rules otherwise. Lets commands reject a typo before any work."""
+    if _as_fixed(rule) is not None:
+        return "fixed", str(rule)
+    name, _, arg = str(rule).strip().lower().partition("@")
+    if name not in ("youden", "f1", "sensitivity", "specificity") or (bool(arg) != (name in (
+            "sensitivity", "specificity"))):
+        raise ConfigError(f"unknown threshold rule {rule!r}; valid rules: {', '.join(VALID_RULES)}")
+    if arg:
+        _fraction(arg, rule)
+    return name, arg
 
 
 def _best_f1(y: np.ndarray, p: np.ndarray) -> float:
@@ -75,7 +87,7 @@ def _as_fixed(rule: str | float) -> float | None:
         except ValueError:
             return None
     if not 0.0 <= value <= 1.0:
-        raise ValueError(f"fixed threshold {rule!r} must be a probability in [0, 1]")
+        raise ConfigError(f"fixed threshold {rule!r} must be a probability in [0, 1]")
     return value
 
 
@@ -83,8 +95,8 @@ def _fraction(arg: str, rule: object) -> float:
     try:
         value = float(arg)
     except ValueError:
-        raise ValueError(f"threshold rule {rule!r}: {arg!r} is not a number; write e.g. "
+        raise ConfigError(f"threshold rule {rule!r}: {arg!r} is not a number; write e.g. "
                          f"'sensitivity@0.9'. Valid rules: {', '.join(VALID_RULES)}") from None
     if not 0.0 < value <= 1.0:
-        raise ValueError(f"threshold rule {rule!r}: target must be in (0, 1], got {value}")
+        raise ConfigError(f"threshold rule {rule!r}: target must be in (0, 1], got {value}")
     return value

@@ -55,3 +55,20 @@ def test_random_label_orders_match_exact_arithmetic(rule):
             assert run(labels, rule) == pytest.approx(exact_best(labels, rule), abs=1e-12), labels
             checked += 1
     assert checked > 300
+
+
+@pytest.mark.parametrize("rule", ["youdn", "sensitivity", "sensitivity@x", "specificity@1.5", "1.2", "f1@0.5"])
+def test_bad_rules_are_config_errors_before_any_data(rule):
+    from cxrssl.errors import ConfigError
+    from cxrssl.evaluation.thresholds import check_rule
+
+    with pytest.raises(ConfigError):
+        check_rule(rule)
+    with pytest.raises(ValueError):  # ConfigError stays a ValueError for existing callers
+        choose_threshold([0, 1], [0.2, 0.8], rule)
+
+
+def test_good_rules_parse():
+    from cxrssl.evaluation.thresholds import check_rule
+
+    assert check_rule("Sensitivity@0.9") == ("sensitivity", "0.9") and check_rule(0.3)[0] == "fixed"

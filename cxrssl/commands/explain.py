@@ -171,12 +171,12 @@ def localisation_lines(out: Path) -> list[str]:
             group = "tp" if (df["group"] == "tp").any() else df["group"].iloc[0]
             part = df[(df["group"] == group) & (df["region"] == "heart")]
             lines.append(f"localisation, {group.upper()} images, heart region (model [95% CI] | ceiling | prior):")
-            lines.append(f"  {'method':<22} {'pointing':<28} {'energy in heart (share 0-1)':<28}")
+            lines.append(f"  {'method':<22} {'pointing':<32} {'energy in heart (share 0-1)'}")
             for r in part.itertuples():
                 point = ("skipped (" + r.note.split(": ")[1] + ")" if isinstance(r.note, str) and r.note else
                          f"{r.pointing_hit_rate:.2f} [{r.pointing_ci_low:.2f}, {r.pointing_ci_high:.2f}] | "
                          f"{r.ceiling_pointing:.2f} | {r.prior_pointing:.2f}")
-                lines.append(f"  {r.method:<22} {point:<28} {r.energy_inside:.2f} | {r.ceiling_energy:.2f} | "
+                lines.append(f"  {r.method:<22} {point:<32} {r.energy_inside:.2f} | {r.ceiling_energy:.2f} | "
                              f"{r.prior_energy:.2f}  (n={r.n_with_mask})")
     if sanity.is_file():
         s = pd.read_csv(sanity)

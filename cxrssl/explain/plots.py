@@ -32,7 +32,8 @@ def plot_sanity_levels(levels: pd.DataFrame, out_path: str | Path) -> Path:
         ax.axhline(ref, color="crimson", ls=":", lw=1.5, label=f"reference: {frame['reference'].iloc[0]} ({ref:.2f})")
         ax.set_xticks(list(x), [str(v).replace("encoder.net.", "") for v in frame["level"]], rotation=30,
                       ha="right", fontsize=9)
-        ax.set_ylim(-0.02, 1.02)
+        ax.set_ylim(min(-0.02, float(frame["spearman_abs"].min()) - 0.05), 1.02)  # ρ of |maps| can be < 0
+        ax.axhline(0, color="grey", lw=0.8)
         ax.set_title(method, fontsize=11)
         ax.set_ylabel("similarity to trained map", fontsize=9)
         ax.legend(fontsize=8, loc="upper right")

@@ -6,6 +6,7 @@ are the 99th percentile of |map| per panel so a few extreme pixels do not wash t
 """
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -79,11 +80,11 @@ def render_grid(images: np.ndarray, attributions: Mapping[str, np.ndarray], out_
 
     methods = list(attributions)
     n_rows, n_cols = len(images), len(methods) + 1
-    width, height = panel_size * n_cols + 0.8, panel_size * 1.1 * n_rows + 1.5
+    width, height = panel_size * n_cols + 0.8, panel_size * 1.1 * n_rows + 1.7
     fig = Figure(figsize=(width, height))
     FigureCanvasAgg(fig)
     axes = fig.subplots(n_rows, n_cols, squeeze=False)
-    fig.subplots_adjust(left=0.8 / width, right=1 - 0.1 / width, top=1 - 0.75 / height, bottom=0.75 / height,
+    fig.subplots_adjust(left=0.8 / width, right=1 - 0.1 / width, top=1 - 0.95 / height, bottom=0.75 / height,
                         wspace=0.12, hspace=0.12)
     handles: dict[str, object] = {}
     for row in range(n_rows):
@@ -99,7 +100,9 @@ def render_grid(images: np.ndarray, attributions: Mapping[str, np.ndarray], out_
             colour_bar(fig, handles[method], axes[-1, col], signed[method])
     axes[-1, 0].set_xlabel(MASK_LEGEND.replace(" = ", " =\n"), fontsize=9, color="green")
     heading = f"{suptitle}: " if suptitle else ""
-    fig.suptitle(f"{heading}{MASK_LEGEND}; {SCALE_NOTE}", fontsize=11, y=1 - 0.15 / height, va="top")
+    legend = textwrap.fill(f"{MASK_LEGEND}; {SCALE_NOTE}", width=max(40, int(width * 11)))
+    fig.suptitle(f"{heading.rstrip(': ')}\n{legend}" if heading else legend, fontsize=11, y=1 - 0.1 / height,
+                 va="top")
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out_path, dpi=100)

@@ -104,7 +104,10 @@ def main() -> None:
     args = parser.parse_args()
     device = torch.device(args.device)
     torch.manual_seed(0)
-    rows = [time_method(m, args, device) for m in args.methods.split(",")]
+    rows = []
+    for method in args.methods.split(","):
+        rows.append(time_method(method, args, device))
+        print(f"{method}: {rows[-1]['images/s']:.3g} images/s", flush=True)  # partial results survive a kill
     rows.append(time_views(args))
     table = pd.DataFrame(rows)
     base = table.loc[table["method"] == "supervised", "images/s"]

@@ -165,7 +165,7 @@ def _write_model_card(cfg: DictConfig, tags: dict, best: dict, val_pred, thresho
     meta = best.get("meta", {})
     details = {"backbone": cfg.backbone.name, "pretext": tags["pretext"], "strategy": cfg.finetune.strategy,
                "imbalance": cfg.imbalance.name, "image_size": int(cfg.data.image_size),
-               "checkpoint": str(ckpt_dir / "best.pt"), "best_epoch": meta.get("epoch"),
+               "checkpoint": str(ckpt_dir / "best.pt"), "best_epoch": best.get("best_epoch", best.get("epoch")),
                "mlflow_run_id": meta.get("mlflow_run_id"), "output": "P(cardiomegaly) = sigmoid(logit)"}
     training = {"source": str(cfg.data.source), "label_fraction": float(cfg.data.label_fraction),
                 "n_train_images": n_train, "split_seed": int(cfg.data.split_seed),

@@ -105,7 +105,8 @@ def load_encoder(backbone_cfg: Any, ref: Any, tracking_uri: str | None = None) -
 
 def backbone_option(timm_name: str) -> str:
     """The `backbone=` option that builds this timm model (conf/backbone/<option>.yaml)."""
-    return "tiny" if timm_name == "test_resnet" else timm_name
+    options = {"test_resnet": "tiny", "vit_tiny_patch16_224": "vit_tiny", "vit_small_patch16_224": "vit_small"}
+    return options.get(timm_name, timm_name)
 
 
 def load_classifier(ref: Any, tracking_uri: str | None = None,

@@ -65,3 +65,24 @@ def test_slurm_launcher_config_composes():
     assert launcher._target_ == "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"
     assert (launcher.partition, launcher.gpus_per_node, launcher.max_num_timeout) == ("gpu", 4, 3)
     assert launcher.submitit_folder.endswith(".submitit/%j")  # the plugin's schema underneath ours
+
+
+def test_torchrun_pretrain_completes_with_one_run_and_rank0_outputs(tmp_path):
+    """`torchrun --nproc_per_node=2 -m cxrssl pretrain` on CPU (gloo): one run dir, one MLflow run."""
+    from mlflow import MlflowClient
+
+    from tests.conftest import TINY
+
+    run_dir = tmp_path / "run"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                           "-m", "cxrssl", "pretrain", *TINY, "trainer.max_epochs=2", "trainer.limit_batches=2",
+                           "trainer.device=cpu", f"hydra.run.dir={run_dir}",
+                           f"mlflow.tracking_uri=sqlite:///{tmp_path}/mlflow.db"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["epochs_completed"] == 2 and (run_dir / "checkpoints" / "best.pt").is_file()
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
+    runs = client.search_runs([client.get_experiment_by_name("cxrssl").experiment_id])
+    assert [r.info.run_id for r in runs] == [summary["mlflow_run_id"]]  # rank 1 logged nothing

@@ -7,6 +7,7 @@ from omegaconf import DictConfig
 from cxrssl.commands.report import finish_run, run_dir_from_hydra, start_run_tracking
 from cxrssl.commands.training import checkpoint_artifacts, fit_task, report_lr_find, resume_point
 from cxrssl.commands.validation import check_config
+from cxrssl.engine.distributed import env_from_torchrun, init_from_env
 from cxrssl.engine.precision import resolve_precision
 from cxrssl.engine.seed import seed_everything
 
@@ -19,6 +20,7 @@ def run(cfg: DictConfig) -> float | None:
     from cxrssl.tasks import build_pretext_task
 
     check_config(cfg)  # impossible values fail here, in well under a second
+    init_from_env(str(cfg.trainer.device))  # torchrun: join the process group (no-op otherwise)
     run_dir = run_dir_from_hydra()
     resume_from, resume_run_id = resume_point(cfg, run_dir)
     tags = {"pretext": cfg.pretext.name, "backbone": cfg.backbone.name, "data": cfg.data.source}
@@ -42,6 +44,8 @@ def run(cfg: DictConfig) -> float | None:
                                 "pretrain_patients": patient_record(table[table["split"] == "train"], cfg.data)})
         if "epochs_completed" not in result:  # lr_find=true: the LR range test only
             return report_lr_find(cfg, tracker, run_dir, result["lr_find"])
+        if not env_from_torchrun().is_main:  # torchrun: rank 0 alone writes the run's outputs
+            return result["best_value"]
         ckpt = run_dir / "checkpoints"
         artifacts = [("data", reports["splits"]), ("data", reports["skipped"])]
         artifacts += checkpoint_artifacts(cfg, ckpt)  # mlflow.log_checkpoints=best|all|none

@@ -19,24 +19,30 @@ def run_dir_from_hydra(cfg: DictConfig | None = None) -> Path:
     from cxrssl.commands.run_dirs import claim_run_dir
     from cxrssl.tracking_security import scrub_hydra_files
 
+    from cxrssl.engine.distributed import broadcast_object, env_from_torchrun
+
+    if not env_from_torchrun().is_main:  # torchrun: rank 0 claims the folder, the others get its path
+        return broadcast_object(None)
     hydra_cfg = HydraConfig.get()
     resume = cfg.get("resume") if cfg is not None else next(
         (o.split("=", 1)[1] for o in hydra_cfg.overrides.task if o.lstrip("+~").startswith("resume=")), None)
     path = claim_run_dir(Path(hydra_cfg.runtime.output_dir), resume, job_name=hydra_cfg.job.get("name"))
     scrub_hydra_files(path)
-    return path
+    return broadcast_object(path)  # torchrun: rank 0's dir (each rank's own ${now:} would differ)
 
 
 def start_run_tracking(cfg: DictConfig, tags: dict[str, Any], resume_run_id: str | None = None):
     """Open the MLflow run before any work, so an unreachable server fails at once."""
     from cxrssl.sweeps import sweep_info_from_hydra
     from cxrssl.tracking import flatten_config, start_tracking
+    from cxrssl.engine.distributed import env_from_torchrun
 
     from cxrssl.tracking_security import scrub_params
 
     tags = scrub_params({k: str(v) for k, v in tags.items()}, cfg)  # credentials; paths if mlflow.redact
     return start_tracking(cfg.mlflow, command=str(cfg.command), tags=tags, params=scrub_params(flatten_config(cfg), cfg),
-                          run_name=None, sweep=sweep_info_from_hydra(), resume_run_id=resume_run_id)
+                          run_name=None, sweep=sweep_info_from_hydra(), resume_run_id=resume_run_id,
+                          rank=env_from_torchrun().rank)  # torchrun: only rank 0 logs
 
 
 def write_summary(run_dir: Path, summary: dict[str, Any]) -> Path:

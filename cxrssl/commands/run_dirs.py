@@ -113,6 +113,8 @@ class ClaimRunDir(_Callback):
     def on_run_start(self, config, **kwargs) -> None:
         import sys
 
+        if os.environ.get("RANK", "0") != "0":  # torchrun: rank 0 claims the folder for all ranks
+            return
         try:
             path = claim_run_dir(Path(str(config.hydra.run.dir)).absolute(), config.get("resume"),
                                  job_name=config.hydra.job.get("name"))

@@ -152,6 +152,21 @@ def broadcast_module(module: torch.nn.Module, src: int = 0) -> None:
             dist.broadcast(tensor.data, src=src)
 
 
+def broadcast_buffers(module: torch.nn.Module, src: int = 0) -> None:
+    """Rank `src`'s buffers (BatchNorm running statistics: each rank saw only its shard)."""
+    if not is_active():
+        return
+    with torch.no_grad():
+        for tensor in module.buffers():
+            dist.broadcast(tensor.data, src=src)
+
+
+def barrier() -> None:
+    """Wait for every rank (e.g. until rank 0 has written best.pt that all ranks read next)."""
+    if is_active():
+        dist.barrier()
+
+
 def convert_sync_batchnorm(module: torch.nn.Module) -> torch.nn.Module:
     """BatchNorm statistics over the global batch (trainer.sync_batchnorm=true; CUDA/NCCL only)."""
     return torch.nn.SyncBatchNorm.convert_sync_batchnorm(module) if is_active() else module

@@ -61,8 +61,9 @@ MUTANTS: list[Mutant] = [
         'val_pred = val_pred.assign(predicted=', 'threshold = 0.5; val_pred = val_pred.assign(predicted='),
       OLD_COMMANDS, [THRESHOLD_FLOW], "finetune threshold fixed at 0.5", True),
     m("ev-rule-on-evaluated-split", EV, (
-        'val, _ = predict_split(model, table, data_cfg, "val", precision',
-        'val, _ = predict_split(model, table, data_cfg, str(data_cfg.get("split", "test")), precision'),
+        'val, _ = predict_split(model, table, data_cfg, "val", precision, int(cfg.trainer.seed))\n        val = val.dropna(',
+        'val, _ = predict_split(model, table, data_cfg, str(data_cfg.get("split", "test")), precision, '
+        'int(cfg.trainer.seed))\n        val = val.dropna('),
       OLD_COMMANDS, [THRESHOLD_FLOW], "evaluate.threshold=<rule> chosen on the evaluated split", True),
     m("pr-ignores-saved", PR, (
         'threshold = saved_threshold(info, cfg.predict.get("threshold"))',
@@ -96,11 +97,13 @@ MUTANTS: list[Mutant] = [
     m("early-stop-never", LO, ('return bool(es.get("enabled", False)) and', 'return False and'),
       OLD_ENGINE, [COMMAND_CLAIMS], "early stopping never fires", True),
     # ---------------------------------------------------------------- thresholds
-    m("youden-argmin", TH, ("thr[np.argmax(tpr - fpr)]", "thr[np.argmin(tpr - fpr)]"), OLD_EVAL, [], "youden picks the worst point"),
+    m("youden-argmin", TH, ("thr[_first_best(tpr - fpr)]", "thr[_first_best(fpr - tpr)]"), OLD_EVAL, [], "youden picks the worst point"),
     m("sens-last", TH, ("thr[np.flatnonzero(tpr >= target - 1e-12)[0]]", "thr[np.flatnonzero(tpr >= target - 1e-12)[-1]]"),
       OLD_EVAL, [], "sensitivity@X takes the lowest threshold"),
     m("spec-first", TH, ("return float(thr[ok[-1]])", "return float(thr[ok[0]])"), OLD_EVAL, [], "specificity@X takes the highest"),
-    m("f1-argmin", TH, ("np.argmax(f1[::-1])", "np.argmin(f1[::-1])"), OLD_EVAL, [], "f1 picks the worst point"),
+    m("f1-argmin", TH, ("_first_best(f1[::-1])", "_first_best(-f1[::-1])"), OLD_EVAL, [], "f1 picks the worst point"),
+    m("ties-lowest", TH, ("score >= score.max() - TIE_TOLERANCE)[0]", "score >= score.max() - TIE_TOLERANCE)[-1]"),
+      OLD_EVAL + ["tests/evaluation/test_threshold_ties.py"], [], "ties resolved to the lowest threshold"),
     m("fixed-unchecked", TH, ("    if not 0.0 <= value <= 1.0:\n", "    if False:\n"), OLD_EVAL, [], "fixed threshold outside [0,1] accepted"),
     # ---------------------------------------------------------------- bootstrap
     m("boot-alpha", BS, ("quantiles = np.array([alpha / 2, 1 - alpha / 2])", "quantiles = np.array([alpha, 1 - alpha])"),
@@ -157,7 +160,7 @@ MUTANTS: list[Mutant] = [
                              "return 0.5, f\"{meta.get('threshold_rule', 'saved')}"),
       OLD_COMMANDS, [THRESHOLD_FLOW], "evaluate ignores the saved threshold"),
     m("ft-rule-ignored", FT, ('str(cfg.evaluate.threshold), split="val")', '"youden", split="val")'),
-      OLD_COMMANDS, [THRESHOLD_FLOW], "finetune ignores evaluate.threshold"),
+      OLD_COMMANDS, [COMMAND_CLAIMS], "finetune ignores evaluate.threshold"),
     # ---------------------------------------------------------------- partial fine-tuning, explain layer
     m("partial-first-blocks", CM, ("stages[len(stages) - n_train:]", "stages[:n_train]"),
       OLD_TASK, [], "partial fine-tuning trains the first blocks"),

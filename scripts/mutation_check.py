@@ -19,10 +19,12 @@ from __future__ import annotations
 
 import argparse
 import os
+import queue
 import shutil
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -120,29 +122,42 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--list", action="store_true", help="list the mutants and exit")
     parser.add_argument("--timeout", type=float, default=600, help="seconds per mutant (a timeout counts as killed)")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/mut") / str(os.getpid()))
+    parser.add_argument("--jobs", type=int, default=1, help="mutants run at once, each in its own copy")
     parser.add_argument("--no-baseline", action="store_true", help="skip the unmutated run")
     parser.add_argument("--markdown", type=Path, help="also write the results table here")
     args = parser.parse_args(argv)
 
-    chosen = [mu for mu in MUTANTS if (not args.only or mu.id in args.only.split(",")) 
+    chosen = [mu for mu in MUTANTS if (not args.only or mu.id in args.only.split(","))
               and (mu.planted or not args.planted) and not (mu.planted and args.extra)]
     if args.list:
         for mu in chosen:
             print(f"{mu.id:28s} {mu.path:34s} {mu.what}")
         return 0
-    copy = copy_repo(args.workdir)
-    check_import_location(copy)
+    copies = [copy_repo(args.workdir / f"w{i}") for i in range(max(args.jobs, 1))]
+    for copy in copies:
+        check_import_location(copy)
     if not args.no_baseline:
         files = [t for mu in chosen for t in (mu.old if args.before else [*mu.new, *mu.old])]
-        baseline(copy, [t for t in files if t not in HEAVY], 4 * args.timeout)
-    print(f"{len(chosen)} mutants, {'before' if args.before else 'after'} tests, copy in {copy}", flush=True)
-    rows = []
-    for mu in chosen:
-        tests = mu.old if args.before else [*mu.new, *mu.old]  # new tests first: they are the quick killers
-        status, seconds, detail = run_mutant(copy, mu, tests, args.timeout)
-        rows.append((mu, status, seconds, detail))
+        baseline(copies[0], [t for t in files if t not in HEAVY], 4 * args.timeout)
+    print(f"{len(chosen)} mutants, {'before' if args.before else 'after'} tests, {len(copies)} worker copies in "
+          f"{args.workdir}", flush=True)
+    free: queue.Queue[Path] = queue.Queue()
+    for copy in copies:
+        free.put(copy)
+
+    def one(mu: Mutant):
+        copy = free.get()  # each worker owns one copy while it runs a mutant
+        try:
+            tests = mu.old if args.before else [*mu.new, *mu.old]  # new tests first: they are the quick killers
+            status, seconds, detail = run_mutant(copy, mu, tests, args.timeout)
+        finally:
+            free.put(copy)
         print(f"{status:9s} {seconds:6.0f}s  {mu.id:28s} {mu.what}  {detail}", flush=True)
-    shutil.rmtree(copy, ignore_errors=True)
+        return mu, status, seconds, detail
+
+    with ThreadPoolExecutor(max_workers=len(copies)) as pool:
+        rows = list(pool.map(one, chosen))
+    shutil.rmtree(args.workdir, ignore_errors=True)
     counted = [r for r in rows if r[1] in ("killed", "survived")]
     killed = sum(r[1] == "killed" for r in counted)
     lines = ["| mutant | module | bug | result |", "|---|---|---|---|"]

@@ -72,8 +72,13 @@ def test_oversampler_hits_the_requested_positive_fraction(fraction):
     sampler = OversampleSampler(LABELS, positive_fraction=fraction, seed=1, num_samples=20_000)
     drawn = LABELS[list(sampler)]
     assert drawn.mean() == pytest.approx(fraction, abs=0.015)
+    first = list(sampler)
     sampler.set_epoch(1)
-    assert LABELS[list(sampler)].mean() == pytest.approx(fraction, abs=0.015)
+    second = list(sampler)
+    assert LABELS[second].mean() == pytest.approx(fraction, abs=0.015)
+    assert second != first  # a fresh draw each epoch ...
+    sampler.set_epoch(0)
+    assert list(sampler) == first  # ... that is a function of (seed, epoch): resumes see the same batches
 
 
 @pytest.mark.parametrize("ratio", [0.5, 3.0])
@@ -84,6 +89,8 @@ def test_undersampler_keeps_all_positives_and_ratio_negatives(ratio):
     assert len(set(indices)) == len(indices)
     drawn = LABELS[indices]
     assert drawn.sum() == 20 and (drawn == 0).sum() == int(round(ratio * 20))
+    sampler.set_epoch(1)
+    assert sorted(list(sampler)) != sorted(indices)  # another subset of negatives next epoch
 
 
 def test_oversample_strategy_passes_its_fraction_to_the_sampler():

@@ -74,19 +74,6 @@ def test_evaluate_rule_override_is_chosen_on_validation(flow):
     assert "val" in ev["threshold_rule"]
 
 
-@pytest.mark.parametrize("rule", ["f1", "sensitivity@0.9", "specificity@0.8", "0.37"])
-def test_evaluate_other_rules(flow, rule):
-    """Every documented rule works inside `cxrssl evaluate` and is applied to validation."""
-    out = flow["root"] / f"ev_{rule.replace('@', '_')}"
-    _, summary = run_command("evaluate", [*flow["mlflow"], f"checkpoint={flow['best']}", f"evaluate.threshold={rule}",
-                                          "evaluate.n_boot=20"], run_dir=out)
-    val = flow["probs"]["val"]
-    expected = choose_threshold(val["label"], val["probability"], rule)
-    assert summary["evaluation"]["threshold"] == pytest.approx(expected, abs=1e-5)
-    pred = pd.read_csv(out / "predictions.csv")
-    _labels_follow(pred, summary["evaluation"]["threshold"])
-
-
 def _checkpoint_with_threshold(src, dst, threshold: float):
     state = torch.load(src, map_location="cpu", weights_only=True)
     state["meta"] = {**state["meta"], "threshold": float(threshold)}
@@ -129,3 +116,16 @@ def test_evaluate_uses_the_saved_threshold_by_default(flow, tmp_path):
     _, summary = run_command("evaluate", [*flow["mlflow"], f"checkpoint={ckpt}", "evaluate.n_boot=20"],
                              run_dir=tmp_path / "ev")
     assert summary["evaluation"]["threshold"] == pytest.approx(threshold)
+
+
+@pytest.mark.parametrize("rule", ["f1", "sensitivity@0.9", "specificity@0.8", "0.37"])
+def test_evaluate_other_rules(flow, rule):
+    """Every documented rule works inside `cxrssl evaluate` and is applied to validation."""
+    out = flow["root"] / f"ev_{rule.replace('@', '_')}"
+    _, summary = run_command("evaluate", [*flow["mlflow"], f"checkpoint={flow['best']}", f"evaluate.threshold={rule}",
+                                          "evaluate.n_boot=20"], run_dir=out)
+    val = flow["probs"]["val"]
+    expected = choose_threshold(val["label"], val["probability"], rule)
+    assert summary["evaluation"]["threshold"] == pytest.approx(expected, abs=1e-5)
+    pred = pd.read_csv(out / "predictions.csv")
+    _labels_follow(pred, summary["evaluation"]["threshold"])

@@ -158,10 +158,10 @@ def _save_gradcam(model, images, paths, indices, probs, out_dir: Path, device, t
     maps = compute_attributions(model, images, "gradcam", layer=layer, device=device, progress=False)
     out_dir.mkdir(parents=True, exist_ok=True)
     for image, attr, path, index, prob in zip(images.numpy(), maps, paths, indices, probs):
-        fig = Figure(figsize=(9, 5.4))
+        fig = Figure(figsize=(9, 5.8))
         FigureCanvasAgg(fig)
         left, right = fig.subplots(1, 2)
-        fig.subplots_adjust(left=0.03, right=0.97, top=0.82, bottom=0.16, wspace=0.08)
+        fig.subplots_adjust(left=0.03, right=0.97, top=0.84, bottom=0.2, wspace=0.08)
         draw_overlay(left, image, None, title="film")
         handle = draw_overlay(right, image, attr, title=f"Grad-CAM ({layer})")
         colour_bar(fig, handle, right, signed=False)

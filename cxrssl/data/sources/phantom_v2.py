@@ -8,7 +8,8 @@ untouched and this module composes its shape primitives with the v2 additions:
   heart by one grey level), and borders that are *obscured* by pleural effusion, a pericardial fat
   pad or a film taken in poor inspiration;
 * support devices (endotracheal tube, central line, pacemaker with its lead);
-* collimation (unexposed, bright film edges) and a per-site film: each acquisition :class:`Site`
+* automatic exposure control (the film mean follows the exposure target, not the anatomy),
+  collimation (unexposed, bright film edges) and a per-site film: each acquisition :class:`Site`
   has its own characteristic curve, noise level and marker style, so site shift can be studied.
 
 The masks are still the drawn heart and lungs, so the measured CTR stays true to the pixels; the
@@ -180,7 +181,9 @@ def render_phantom_v2(anatomy: Anatomy, acq: Acquisition, findings: Findings, si
     image = (1 - np.exp(-k * np.clip(density, 0, None))) / (1 - math.exp(-k))
     image = np.clip(image + acq.exposure + site.lift, 0, 1) ** (acq.gamma * site.gamma)
     image = image + rng.standard_normal(image.shape, np.float32) * np.float32(acq.noise * site.noise)
-    image = np.clip(image, 0, 1)
+    # automatic exposure control: the film's mean is set by the exposure target, not by the anatomy
+    # (without it a larger heart brightens the film and mean intensity predicts the label)
+    image = np.clip(image + np.float32(0.5 + acq.exposure + site.lift - float(image.mean())), 0, 1)
     _collimate(image, f.collimation, rng)
     image_u8 = np.round(image * 255).astype(np.uint8)
     _annotate(image_u8, acq)

@@ -52,6 +52,19 @@ class LRFindResult:
                 "diverged": self.diverged, "lr_range": [self.lrs[0], self.lrs[-1]] if self.lrs else None}
 
 
+def zero_lag_smooth(losses: list[float], smoothing: float) -> list[float]:
+    """The bias-corrected EMA run forwards and then backwards over the raw losses. The causal EMA
+    (used to detect divergence as it happens) lags by ~1/smoothing steps, which on an exponential
+    LR axis shifts the curve's minimum and slope to larger LRs; the two passes cancel that lag."""
+    def ema(values):
+        out, avg = [], 0.0
+        for i, v in enumerate(values):
+            avg = (1 - smoothing) * avg + smoothing * v
+            out.append(avg / (1 - (1 - smoothing) ** (i + 1)))
+        return out
+    return ema(ema(list(losses))[::-1])[::-1]
+
+
 def suggest(lrs: list[float], smoothed: list[float]) -> tuple[float | None, float | None]:
     """(steepest, min_div_10) from a recorded curve.
 
@@ -193,7 +206,7 @@ def lr_range_test(task: torch.nn.Module, optimizer: torch.optim.Optimizer, loade
     finally:
         optimizer.zero_grad(set_to_none=True)
         snapshot.restore()
-    result.steepest, result.min_div_10 = suggest(result.lrs, result.smoothed)
+    result.steepest, result.min_div_10 = suggest(result.lrs, zero_lag_smooth(result.losses, smoothing))
     return result
 
 
@@ -250,7 +263,7 @@ def find_lr_for_run(settings: Mapping, task, optimizer, loader, precision, track
                     grad_clip_norm: float | None = None) -> dict[str, Any]:
     """Run the range test for a command: curve + plot under <run_dir>/lr_find/, logged to MLflow,
     and the chosen suggestion (`lr_finder.suggestion`) returned as `suggested_lr`."""
-    rule = str(settings.get("suggestion", "min_div_10"))
+    rule = str(settings.get("suggestion", "steepest"))
     if rule not in SUGGESTIONS:
         raise ValueError(f"lr_finder.suggestion={rule!r}: expected one of {', '.join(SUGGESTIONS)}")
     task.to(precision.device)

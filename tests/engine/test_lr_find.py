@@ -84,7 +84,7 @@ def test_apply_keeps_group_ratios():
 
 
 # ----------------------------------------------------------------------------- the phantom
-PHANTOM = ["backbone=tiny", "data.image_size=64", "data.synthetic.preset=easy", "data.synthetic.n_patients=100",
+PHANTOM = ["backbone=tiny", "data.image_size=32", "data.synthetic.preset=easy", "data.synthetic.n_patients=100",
            "data.synthetic.native_size=96", "data.num_workers=0", "data.augment.rotate_limit=0",
            "data.augment.scale_limit=0", "data.augment.brightness_contrast=0"]
 
@@ -116,3 +116,55 @@ def cardiomegaly_task(labels):
     task = CardiomegalyTask(create_encoder("test_resnet"), build_imbalance({"name": "none"}, labels.numpy(), 0))
     optimizer = build_optimizer({"name": "adamw", "lr": 1e-3, "weight_decay": 0.0}, task.optimizer_groups(0.0))
     return task, optimizer
+
+
+# ----------------------------------------------------------------------------- through the commands
+def test_lr_find_true_reports_logs_and_stops(tiny, tmp_path):
+    from mlflow import MlflowClient
+
+    from cxrssl.commands.inprocess import run_command
+
+    suggested, summary = run_command("finetune", [*tiny, "lr_find=true", "lr_finder.num_steps=20",
+                                                  "lr_finder.start_lr=1e-5"], run_dir=tmp_path / "run")
+    found = summary["lr_find"]
+    assert suggested == pytest.approx(found["suggested_lr"]) and found["suggestion"] == "steepest"
+    assert 1e-6 <= suggested <= 0.1 and found["steps"] >= 10
+    assert not (tmp_path / "run" / "checkpoints" / "last.pt").exists()  # it stopped: no training
+    assert (tmp_path / "run" / "lr_find" / "lr_find.png").stat().st_size > 1000
+    client = MlflowClient(tracking_uri=summary["tracking_uri"])
+    run = client.get_run(summary["mlflow_run_id"])
+    assert run.data.metrics["lr_find/suggested_lr"] == pytest.approx(suggested)
+    assert len(client.get_metric_history(run.info.run_id, "lr_find/smoothed_loss")) == found["steps"]
+    assert {a.path for a in client.list_artifacts(run.info.run_id, "lr_find")} == {"lr_find/lr_find.png",
+                                                                                 "lr_find/lr_find.csv"}
+
+
+@pytest.mark.slow  # a range test and then a training run (lr_find=true is the fast end-to-end check)
+def test_lr_find_apply_trains_at_the_suggestion(tiny, tmp_path):
+    from cxrssl.commands.inprocess import run_command
+
+    _, summary = run_command("pretrain", [*tiny, "lr_find=apply", "lr_finder.num_steps=16", "scheduler=none",
+                                          "trainer.limit_batches=2"], run_dir=tmp_path / "run")
+    assert summary["epochs_completed"] == 1
+    assert summary["final"]["train/lr"] == pytest.approx(summary["lr_find"]["suggested_lr"])  # constant LR = suggestion
+
+
+#: A known-good LR for exactly this setting (easy phantom, 32 px, test_resnet from a fixed random init,
+#: AdamW without weight decay, batch 16): the best of a grid after 40 steps at constant LR from the
+#: same initialisation, measured once on 2026-11-27 (scripts in the helper's notes):
+#:   LR         1e-4   3e-4   1e-2   3e-2   1e-1   3e-1
+#:   train BCE  0.648  0.614  0.130  0.938  0.244  3.24
+#:   val BCE    0.621  0.599  0.449  1.69   0.518  1.07
+#:   val AUROC  0.557  0.562  0.786  0.964  0.995  0.807
+#: 1e-2 has the lowest training and validation loss (what the range test reads); 1e-1 the best AUROC.
+KNOWN_GOOD_LR = 1e-2
+
+
+def test_suggestion_is_within_3x_of_a_known_good_lr_on_the_phantom():
+    images, labels = phantom_tensors("train")
+    task, optimizer = cardiomegaly_task(labels)
+    result = lr_range_test(task, optimizer, phantom_loader(images, labels, batch_size=16),
+                           resolve_precision("cpu", "off"), start_lr=1e-5, end_lr=1.0, num_steps=50)
+    suggested = result.suggestion("steepest")  # the default rule
+    assert KNOWN_GOOD_LR / 3 <= suggested <= KNOWN_GOOD_LR * 3, (suggested, result.summary())
+    # min/10 is end-limited here: the loss has not turned up by end_lr=1 (measured 0.0625, 6x too high).

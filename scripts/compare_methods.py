@@ -70,8 +70,10 @@ class Study:
     def run(self, command: str, overrides: list[str], name: str) -> dict:
         self.job += 1
         print(f"=== [{self.job}] {command}: {name}", flush=True)
-        return run_command(command, overrides, run_dir=self.out / "runs" / f"{self.job:03d}-{command}",
-                           sweep_dir=self.out / "sweep", job_num=self.job)[1]
+        run_dir = self.out / "runs" / f"{self.job:03d}-{command}"
+        if run_dir.exists():  # a rerun into the same --out: run dirs are claimed exclusively, never shared
+            run_dir = run_dir.with_name(f"{run_dir.name}-{time.strftime('%Y%m%d-%H%M%S')}")
+        return run_command(command, overrides, run_dir=run_dir, sweep_dir=self.out / "sweep", job_num=self.job)[1]
 
     def data(self) -> tuple[object, pd.DataFrame]:
         from cxrssl.data.loaders import prepare_table

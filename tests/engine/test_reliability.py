@@ -131,3 +131,27 @@ def test_resume_true_picks_the_newer_of_recovery_and_last(tmp_path):
     (ckpt / "last.pt").unlink()
     (ckpt / "recovery.pt").unlink()
     assert find_resume_checkpoint(True, tmp_path / "new") == tmp_path / "early" / "checkpoints" / "recovery.pt"
+
+
+def test_restore_reads_the_checkpoint_onto_the_cpu_first(tmp_path, monkeypatch):
+    """On CUDA, map_location=<cuda> put the RNG states on the GPU and set_rng_state crashed."""
+    import cxrssl.engine.loop as loop_module
+
+    trainer, loaders = make_trainer(tmp_path, max_epochs=1)
+    trainer.fit(loaders["train"], loaders["val"])
+    seen = {}
+    real_load = loop_module.load_checkpoint
+
+    def spy(path, map_location="cpu"):
+        seen["map_location"] = str(map_location)
+        state = real_load(path, map_location=map_location)
+        seen["rng_device"] = state["rng"]["torch"].device.type
+        return state
+
+    monkeypatch.setattr(loop_module, "load_checkpoint", spy)
+    again, _ = make_trainer(tmp_path / "again", max_epochs=1)
+    from cxrssl.engine.precision import Precision
+
+    again.precision = Precision(torch.device("cuda"), torch.bfloat16, False)  # as on a GPU (model stays on CPU here)
+    again.restore(tmp_path / "checkpoints" / "last.pt")
+    assert seen == {"map_location": "cpu", "rng_device": "cpu"}

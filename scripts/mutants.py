@@ -107,8 +107,8 @@ MUTANTS: list[Mutant] = [
     m("fixed-unchecked", TH, ("    if not 0.0 <= value <= 1.0:\n", "    if False:\n"), OLD_EVAL, [], "fixed threshold outside [0,1] accepted"),
     # ---------------------------------------------------------------- bootstrap
     m("boot-alpha", BS, ("quantiles = np.array([alpha / 2, 1 - alpha / 2])", "quantiles = np.array([alpha, 1 - alpha])"),
-      OLD_EVAL, [], "90 % instead of 95 % intervals"),
-    m("boot-ties", BS, ("(neg_below + 0.5 * neg_g)", "(neg_below + neg_g)"), OLD_EVAL, [], "AUROC ties count 1, not ½"),
+      OLD_EVAL, [UNITS], "90 % instead of 95 % intervals"),
+    m("boot-ties", BS, ("(neg_below + 0.5 * neg_g)", "(neg_below + neg_g)"), OLD_EVAL, [UNITS], "AUROC ties count 1, not ½"),
     m("boot-last-cluster", BS, ("draws = rng.integers(0, n_clusters,", "draws = rng.integers(0, max(n_clusters - 1, 1),"),
       OLD_EVAL, [], "last patient never resampled"),
     m("boot-no-redraw", BS, ("            w[bad] = cluster_weights(codes, int(bad.sum()), rng)\n", "            break\n"),

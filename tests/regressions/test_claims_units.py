@@ -190,3 +190,20 @@ def test_evaluate_predictions_bootstraps_patients_by_default(tmp_path):
     # With 10 identical images per patient the image-level CI is far too narrow.
     assert (by_patient[2] - by_patient[1]) > 2 * (by_image[2] - by_image[1])
     assert "clusters by patient_id" in (tmp_path / "report.md").read_text()
+
+
+def test_bootstrap_interval_is_the_95_percent_percentile_of_its_resamples():
+    """Independent check of the interval level and of tied-score AUROC (ties count ½, as sklearn)."""
+    from sklearn.metrics import roc_auc_score
+
+    from cxrssl.evaluation.bootstrap import bootstrap_samples, weighted_metrics
+
+    pred = _clustered_predictions(n_patients=30, per_patient=2, seed=1)
+    pred["probability"] = pred["probability"].round(1)  # many tied scores
+    y, p = pred["label"].to_numpy(), pred["probability"].to_numpy()
+    one = weighted_metrics(y, p, 0.5, np.ones((1, len(y))))["auroc"][0]
+    assert one == pytest.approx(roc_auc_score(y, p))
+    codes = pd.factorize(pred["patient_id"])[0]
+    samples = bootstrap_samples(y, p, codes, 0.5, n_boot=300, seed=4).values["auroc"]
+    ci = bootstrap_ci(pred, 0.5, n_boot=300, seed=4)["auroc"]
+    assert ci[1:] == pytest.approx(tuple(np.quantile(samples, [0.025, 0.975])))

@@ -23,8 +23,8 @@ COMMANDS = {
     "evaluate": "clinical evaluation of a fine-tuned checkpoint (metrics with 95% CIs, plots, subgroups)",
     "explain": "attribution maps (Grad-CAM, IG, ...) with galleries and localisation checks",
     "predict": "probabilities and labels for a folder, glob or CSV of images",
-    "export": "a fine-tuned classifier as ONNX or TorchScript (threshold and preprocessing as metadata)",
     "probe": "frozen-feature linear/kNN probe of an encoder (cached embeddings, CIs as evaluate, t-SNE)",
+    "export": "a fine-tuned classifier as ONNX or TorchScript (threshold and preprocessing as metadata)",
 }
 
 USAGE = """usage: cxrssl <command> [hydra overrides ...] [-m] [--cfg job|hydra|all] [--info] [--help]

@@ -58,7 +58,7 @@ def run(cfg: DictConfig) -> float | None:
             rule = f"{base_rule} on val after {method} recalibration (fitted on val)"
         from cxrssl.commands.finetune import trained_table
 
-        trained = trained_table(table, data_cfg)  # the label subset actually trained on
+        trained = trained_table(table, data_cfg, require_both_classes=False)  # the label subset actually trained on
         cohort = {"train": trained[trained["split"] == "train"], split: table[table["split"] == split]}
         summary = evaluate_predictions(predictions, threshold, run_dir, cohort=cohort,
                                        n_boot=int(cfg.evaluate.n_boot), seed=int(cfg.evaluate.seed),

@@ -15,11 +15,13 @@ from cxrssl.errors import ConfigError
 
 
 def finetune_table(table: pd.DataFrame, label_fraction: float, seed: int,
-                   scale_val: bool = False) -> pd.DataFrame:
+                   scale_val: bool = False, require_both_classes: bool = True) -> pd.DataFrame:
     """Labelled rows only; the training split reduced to `label_fraction` of its patients
     (stratified, seeded: the same subset for every method at the same fraction and seed).
     `scale_val` (data.scale_val_labels) reduces the validation split by the same fraction, so the
-    labels that pick the epoch and threshold are as scarce as the training labels."""
+    labels that pick the epoch and threshold are as scarce as the training labels.
+    `require_both_classes=False` rebuilds the subset for reporting only (evaluate's cohort table),
+    where a one-class train split is a fact to show, not a reason to stop."""
     from cxrssl.data.splits import label_subset
 
     labelled = table[table["cardiomegaly"].notna()]
@@ -31,7 +33,7 @@ def finetune_table(table: pd.DataFrame, label_fraction: float, seed: int,
         train = label_subset(train, label_fraction, seed)
         if scale_val:
             val = label_subset(val, label_fraction, seed, split="val")
-    for split, rows in (("train", train), ("val", val)):
+    for split, rows in (("train", train), ("val", val)) if require_both_classes else ():
         classes = sorted(rows["cardiomegaly"].unique())
         if len(classes) < 2:
             raise ConfigError(f"finetune: the {split} split has {len(rows)} labelled images of class(es) {classes}; "
@@ -45,10 +47,10 @@ def label_seed(data_cfg) -> int:
     return int(data_cfg.get("split_seed", 0) if seed is None else seed)
 
 
-def trained_table(table: pd.DataFrame, data_cfg) -> pd.DataFrame:
+def trained_table(table: pd.DataFrame, data_cfg, require_both_classes: bool = True) -> pd.DataFrame:
     """The rows a checkpoint was fine-tuned and validated on, rebuilt from its data config."""
     return finetune_table(table, float(data_cfg.get("label_fraction", 1.0)), label_seed(data_cfg),
-                          bool(data_cfg.get("scale_val_labels", False)))
+                          bool(data_cfg.get("scale_val_labels", False)), require_both_classes)
 
 
 def _decoder_width(source: dict) -> int:

@@ -13,7 +13,14 @@ import torch.nn.functional as F
 
 from cxrssl.models.loading import WeightsMismatchError, load_encoder
 
-torch.set_grad_enabled(False)
+
+
+@pytest.fixture(autouse=True)
+def _no_grad():
+    """Inference only, scoped to each test (a module-level set_grad_enabled(False) would switch
+    autograd off for every test collected after this file)."""
+    with torch.no_grad():
+        yield
 
 
 def image(size: int, seed: int = 0) -> torch.Tensor:

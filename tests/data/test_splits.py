@@ -106,3 +106,18 @@ def test_split_table_artifact_columns():
     artifact = split_table_artifact(table)
     assert list(artifact.columns) == ["image_id", "patient_id", "split"]
     assert len(artifact) == len(table)
+
+
+def test_an_official_split_on_one_film_carries_the_whole_patient():
+    """A patient officially in 'test' by one film: all their films are test (a drawn split for the
+    other films would put the patient on both sides)."""
+    table = make_table(60)
+    counts = table.groupby("patient_id").size()
+    multi = [p for p in counts.index if counts[p] >= 2][:3]
+    assert multi, "fixture must have patients with several films"
+    for patient in multi:
+        first = table.index[table["patient_id"] == patient][0]
+        table.loc[first, "split"] = "test"
+    out = assign_splits(table, val_fraction=0.2, test_fraction=0.2, seed=0)
+    assert (out.loc[out["patient_id"].isin(multi), "split"] == "test").all()
+    assert set(out.loc[~out["patient_id"].isin(multi), "split"]) == {"train", "val"}

@@ -70,6 +70,8 @@ def test_pretrain_each_pretext_end_to_end(tmp_path, pretext, synthetic_cache):
     assert summary["mlflow_run_id"] in out.stdout  # the closing lines name the run
     if pretext == "recon":
         assert (run_dir / "artifacts" / "recon_epoch001.png").is_file()
+    if pretext == "age":  # an age error is read in years, not as a fraction
+        assert "mae=" in out.stdout and " years" in out.stdout.split("best:")[1].splitlines()[0]
 
 
 def test_multirun_is_one_grouped_sweep(tmp_path, synthetic_cache):
@@ -89,6 +91,11 @@ def test_multirun_is_one_grouped_sweep(tmp_path, synthetic_cache):
     assert {r.data.params["optimizer.lr"] for r in children} == {"0.001", "0.003"}
     parent = client.get_run(parents.pop())
     assert parent.info.experiment_id == exp.experiment_id and "best_run_id" in parent.data.tags
+    # the multirun's own closing lines: the sweep id to filter on and the winning run
+    sweep_id = sweep_ids.pop()
+    assert f"tags.sweep_id = '{sweep_id}'" in out.stdout
+    ranked = sorted(summaries, key=lambda s: s["best_value"])  # age pretext: MAE, lower is better
+    assert f"mlflow run {ranked[0]['mlflow_run_id']}" in out.stdout.split("best run:")[1].splitlines()[0]
 
 
 def test_interrupted_run_resumes_same_dir_and_mlflow_run(tmp_path, synthetic_cache):

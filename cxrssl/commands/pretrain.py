@@ -52,8 +52,8 @@ def run(cfg: DictConfig) -> float | None:
         final = result["final"]
         headline = [f"pretrain {cfg.pretext.name} | {cfg.backbone.name} | {result['epochs_completed']} epochs in "
                     f"{result['train_time_s']:.0f}s ({result['train_images_per_s'] or 0:.0f} img/s train)",
-                    "final val:   " + "  ".join(f"{k[4:]}={v:.4g}" for k, v in final.items() if k.startswith("val/")),
-                    f"best:        {result['monitor']}={result['best_value']:.4g} at epoch {result['best_epoch']}",
+                    "final val:   " + "  ".join(_shown(k[4:], v) for k, v in final.items() if k.startswith("val/")),
+                    f"best:        {_shown(result['monitor'], result['best_value'])} at epoch {result['best_epoch']}",
                     f"checkpoints: {ckpt / 'last.pt'}  {ckpt / 'best.pt'}",
                     f"next:        cxrssl finetune pretrained={ckpt / 'best.pt'} backbone={backbone_option(cfg.backbone.name)}"]
         finish_run(cfg, tracker, run_dir, {**result, "pretext": cfg.pretext.name, "backbone": cfg.backbone.name,
@@ -61,3 +61,16 @@ def run(cfg: DictConfig) -> float | None:
                                            "checkpoints": {"last": ckpt / "last.pt", "best": ckpt / "best.pt"}},
                    headline, artifacts, monitor=result["monitor"], monitor_mode=result["monitor_mode"])
         return result["best_value"]
+
+
+#: Units of the metrics a reader could misread as fractions (age errors are in years).
+UNITS = {"mae": "years", "mae_mean_baseline": "years", "loss": ""}
+
+
+def _shown(name: str, value) -> str:
+    """`name=value unit` for the closing lines; a missing value (every epoch NaN) prints as n/a."""
+    key = name.split("/")[-1]
+    if value is None or isinstance(value, str):
+        return f"{name}=n/a"
+    unit = UNITS.get(key, "")
+    return f"{name}={value:.4g}" + (f" {unit}" if unit else "")

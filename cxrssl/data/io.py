@@ -176,8 +176,9 @@ def _check_complete(path: Path, data: np.ndarray, head: bytes | None = None,
     """Decoders often return a half-grey image for a truncated file; refuse it instead."""
     head = data[:8].tobytes() if head is None else head
     tail = data[-64:].tobytes() if tail is None else tail
-    if head.startswith(b"\x89PNG") and b"IEND" not in tail:
-        raise ImageReadError(path, "truncated PNG (no IEND chunk)")
+    # IEND and its 4-byte CRC must both be there (a cut inside the CRC still shows "IEND").
+    if head.startswith(b"\x89PNG") and (tail.rfind(b"IEND") < 0 or len(tail) - tail.rfind(b"IEND") < 8):
+        raise ImageReadError(path, "truncated PNG (no complete IEND chunk)")
     if head.startswith(b"\xff\xd8") and b"\xff\xd9" not in tail.rstrip(b"\x00"):
         raise ImageReadError(path, "truncated JPEG (no end-of-image marker)")
 

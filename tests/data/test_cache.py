@@ -70,7 +70,7 @@ def test_reused_for_subsets_rebuilt_for_changes(setup):
 def test_undecodable_images_raise_or_are_skipped(setup):
     cfg, table = setup
     bad = Path(table.loc[3, "path"])
-    bad.write_bytes(b"\x89PNG\r\n\x1a\n" + b"garbage" * 10 + b"IEND")  # passes the quick check
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n" + b"garbage" * 10 + b"IEND\xaeB`\x82")  # passes the quick check
     with pytest.raises(ImageReadError, match=rf"{table.loc[3, 'image_id']}.*CSV row"):
         build_dataloaders(cfg, table, seed=0)
     skip = OmegaConf.merge(cfg, {"on_error": "skip"})
@@ -119,7 +119,7 @@ def test_parallel_build_matches_serial(tmp_path: Path, make_dataset):
 
 def test_dataset_on_a_failed_cached_image_names_the_row(setup):
     cfg, table = setup
-    Path(table.loc[1, "path"]).write_bytes(b"\x89PNG\r\n\x1a\n" + b"x" * 80 + b"IEND")
+    Path(table.loc[1, "path"]).write_bytes(b"\x89PNG\r\n\x1a\n" + b"x" * 80 + b"IEND\xaeB`\x82")
     dataset = CXRDataset(table, cfg, train=False)
     assert table.loc[1, "image_id"] not in dataset.cache and len(dataset.cache.failures) == 1
     dataset[0]

@@ -125,7 +125,7 @@ MUTANTS: list[Mutant] = [
     m("leakage-unchecked", SP, ("    if leaked:\n", "    if False:\n"), OLD_DATA, [], "leakage check disabled"),
     # ---------------------------------------------------------------- checkpoint
     m("ckpt-unsafe-load", CK, ("weights_only=True)", "weights_only=False)"), OLD_ENGINE, [], "pickles with code are loaded"),
-    m("resume-oldest", CK, ("return candidates[-1]", "return candidates[0]"), OLD_ENGINE, [], "resume=true picks the oldest run"),
+    m("resume-oldest", CK, ("return candidates[-1]", "return candidates[0]"), OLD_ENGINE, [UNITS], "resume=true picks the oldest run"),
     # ---------------------------------------------------------------- samplers
     m("undersample-replace", SA, ("rng.choice(self.negatives, self.n_negatives, replace=False)", "rng.choice(self.negatives, self.n_negatives, replace=True)"),
       OLD_TASK, [UNITS], "undersampling repeats negatives"),
@@ -137,7 +137,8 @@ MUTANTS: list[Mutant] = [
     m("decay-everything", OP, ("(no_decay if p.ndim <= 1 or name.endswith(\".bias\") else decay)", "decay"),
       OLD_ENGINE, [], "biases and norms decayed"),
     m("nesterov-ignored", OP, ('nesterov=bool(cfg.get("nesterov", False)) and momentum > 0', "nesterov=False"),
-      OLD_ENGINE, [], "SGD ignores nesterov"),
+      OLD_ENGINE, ["tests/regressions/test_documented_commands.py::test_sgd_is_nesterov_and_scheduler_none_keeps_the_lr"],
+      "SGD ignores nesterov"),
     m("warmup-off", OP, ("            return (step + 1) / self.warmup_steps\n", "            return 1.0\n"),
       OLD_ENGINE, [], "no warmup"),
     m("cosine-flat", OP, ("return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))", "return 1.0"),

@@ -39,6 +39,8 @@ def test_fit_learns_and_writes_checkpoints(tmp_path):
         ckpt = load_checkpoint(tmp_path / "checkpoints" / name)
         assert ckpt["meta"]["monitor"] == "mae" and any(k.startswith("encoder.net.") for k in ckpt["model"])
     assert load_checkpoint(tmp_path / "checkpoints" / "best.pt")["epoch"] == result["best_epoch"]
+    maes = [record["val/mae"] for record in trainer.state.history]  # monitor mode min: the lowest MAE wins
+    assert result["best_epoch"] == 1 + maes.index(min(maes)) and result["best_value"] == pytest.approx(min(maes))
 
 
 def test_resume_matches_uninterrupted_run(tmp_path):
@@ -104,3 +106,15 @@ def test_resume_into_a_new_run_dir_carries_best_and_does_not_overtrain(tmp_path)
     assert result["epochs_completed"] == 2
     assert (tmp_path / "b" / "checkpoints" / "best.pt").read_bytes() == \
         (tmp_path / "a" / "checkpoints" / "best.pt").read_bytes()
+
+
+def test_improvement_resets_patience_and_best_follows_the_monitor(tmp_path):
+    """Scripted validation MAEs 5, 6, 7, 4, 5, 6, 7, 8 with patience 3: epoch 4 improves and resets
+    the count, so the run stops after epoch 7 (not 5) with best.pt from epoch 4."""
+    trainer, loaders = make_trainer(tmp_path, max_epochs=8, early_stopping={"enabled": True, "patience": 3})
+    scripted = iter([5.0, 6.0, 7.0, 4.0, 5.0, 6.0, 7.0, 8.0])
+    trainer.task.compute_metrics = lambda: {"mae": next(scripted)}
+    result = trainer.fit(loaders["train"], loaders["val"])
+    assert result["stopped_early"] and result["epochs_completed"] == 7
+    assert result["best_epoch"] == 4 and result["best_value"] == 4.0
+    assert load_checkpoint(tmp_path / "checkpoints" / "best.pt")["epoch"] == 4

@@ -207,3 +207,20 @@ def test_bootstrap_interval_is_the_95_percent_percentile_of_its_resamples():
     samples = bootstrap_samples(y, p, codes, 0.5, n_boot=300, seed=4).values["auroc"]
     ci = bootstrap_ci(pred, 0.5, n_boot=300, seed=4)["auroc"]
     assert ci[1:] == pytest.approx(tuple(np.quantile(samples, [0.025, 0.975])))
+
+
+def test_resume_true_in_a_fresh_run_dir_picks_the_newest_sibling_run(tmp_path):
+    """README: `resume=true` continues this run dir's checkpoint, or else the newest run beside it."""
+    import os
+
+    from cxrssl.engine.checkpoint import find_resume_checkpoint
+
+    stamps = {"2026-01-01_old": 1_000_000, "2026-01-02_newest": 3_000_000, "2026-01-03_middle": 2_000_000}
+    for name, mtime in stamps.items():  # names do not sort by age: only the file times say which is newest
+        last = tmp_path / name / "checkpoints" / "last.pt"
+        last.parent.mkdir(parents=True)
+        last.write_bytes(b"x")
+        os.utime(last, (mtime, mtime))
+    fresh = tmp_path / "2026-01-04_fresh"
+    fresh.mkdir()
+    assert find_resume_checkpoint(True, fresh) == tmp_path / "2026-01-02_newest" / "checkpoints" / "last.pt"

@@ -74,7 +74,7 @@ def run_mutant(copy: Path, mutant: Mutant, tests: list[str], timeout: float) -> 
     mutated = mutate(original, mutant)
     if mutated is None:
         return "stale", 0.0, "edit text not found exactly once"
-    tests = [t for t in dict.fromkeys(tests) if (copy / t).is_file()]
+    tests = [t for t in dict.fromkeys(tests) if (copy / t.split("::")[0]).is_file()]  # files or node ids
     if not tests:
         return "no-tests", 0.0, ""
     try:
@@ -103,7 +103,7 @@ def run_mutant(copy: Path, mutant: Mutant, tests: list[str], timeout: float) -> 
 def baseline(copy: Path, tests: list[str], timeout: float) -> None:
     """The unmutated copy must pass the selected tests, or every "killed" below would be noise
     (other work in progress can leave the tree broken)."""
-    tests = [t for t in dict.fromkeys(tests) if (copy / t).is_file()]
+    tests = [t for t in dict.fromkeys(tests) if (copy / t.split("::")[0]).is_file()]  # files or node ids
     proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "not slow",
                            "-o", "addopts=--import-mode=importlib", *tests], cwd=copy, env=env_for(copy),
                           capture_output=True, text=True, timeout=timeout)

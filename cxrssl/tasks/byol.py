@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import torch
 
-from cxrssl.tasks.ssl_common import SSLTask, ema_update, make_teacher, momentum_at, pooled
+from cxrssl.tasks.ssl_common import SSLTask, make_teacher, pooled
 
 
 class BYOLTask(SSLTask):
     name = "byol"
+    ema_pairs = (("encoder", "teacher_encoder"), ("projection", "teacher_projection"))
 
     def __init__(self, encoder, hidden_dim: int = 1024, output_dim: int = 256, momentum: float = 0.99,
                  momentum_end: float = 1.0, monitor: dict | None = None):
@@ -40,11 +41,6 @@ class BYOLTask(SSLTask):
         loss = 0.5 * (self.criterion(self.online(x0), self.target(x1))
                       + self.criterion(self.online(x1), self.target(x0)))
         return loss, {"loss": loss.detach()}
-
-    def on_after_optimizer_step(self, global_step: int, max_steps: int) -> None:
-        self.momentum = momentum_at(global_step, max_steps, self.momentum_start, self.momentum_end)
-        ema_update(self.encoder, self.teacher_encoder, self.momentum)
-        ema_update(self.projection, self.teacher_projection, self.momentum)
 
     def hparams(self):
         return dict(self._hp)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from cxrssl.tasks.ssl_common import SSLTask, ema_update, make_teacher, momentum_at, pooled
+from cxrssl.tasks.ssl_common import SSLTask, make_teacher, pooled
 
 
 def teacher_temperature(step: int, max_steps: int, start: float, end: float, warmup_frac: float) -> float:
@@ -23,6 +23,7 @@ def teacher_temperature(step: int, max_steps: int, start: float, end: float, war
 
 class DINOTask(SSLTask):
     name = "dino"
+    ema_pairs = (("encoder", "teacher_encoder"), ("head", "teacher_head"))
 
     def __init__(self, encoder, hidden_dim: int = 512, bottleneck_dim: int = 64, output_dim: int = 1024,
                  student_temp: float = 0.1, teacher_temp: float = 0.04, warmup_teacher_temp: float = 0.04,
@@ -65,9 +66,7 @@ class DINOTask(SSLTask):
                       "teacher_temp": torch.tensor(self.current_teacher_temp, device=loss.device)}
 
     def on_after_optimizer_step(self, global_step: int, max_steps: int) -> None:
-        self.momentum = momentum_at(global_step, max_steps, self.momentum_start, self.momentum_end)
-        ema_update(self.encoder, self.teacher_encoder, self.momentum)
-        ema_update(self.head, self.teacher_head, self.momentum)
+        super().on_after_optimizer_step(global_step, max_steps)  # the EMA teacher (ema_pairs)
         self.current_teacher_temp = teacher_temperature(global_step, max_steps, self.temp_start,
                                                         self.temp_end, self.warmup_frac)
 

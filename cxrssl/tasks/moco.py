@@ -7,11 +7,12 @@ lightly's NT-Xent). The key encoder moves only by EMA after each optimizer step.
 """
 from __future__ import annotations
 
-from cxrssl.tasks.ssl_common import SSLTask, ema_update, make_teacher, momentum_at, pooled
+from cxrssl.tasks.ssl_common import SSLTask, make_teacher, pooled
 
 
 class MoCoTask(SSLTask):
     name = "moco"
+    ema_pairs = (("encoder", "teacher_encoder"), ("projection", "teacher_projection"))
 
     def __init__(self, encoder, temperature: float = 0.2, hidden_dim: int = 512, output_dim: int = 128,
                  memory_bank_size: int = 4096, momentum: float = 0.99, momentum_end: float = 0.99,
@@ -47,11 +48,6 @@ class MoCoTask(SSLTask):
         if self.symmetric:
             loss = 0.5 * (loss + self.criterion(self.query(x1), self.key(x0)))
         return loss, {"loss": loss.detach()}
-
-    def on_after_optimizer_step(self, global_step: int, max_steps: int) -> None:
-        self.momentum = momentum_at(global_step, max_steps, self.momentum_start, self.momentum_end)
-        ema_update(self.encoder, self.teacher_encoder, self.momentum)
-        ema_update(self.projection, self.teacher_projection, self.momentum)
 
     def hparams(self):
         return dict(self._hp)

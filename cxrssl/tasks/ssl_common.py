@@ -170,6 +170,9 @@ class SSLTask(Task):
     monitor = "knn"
     monitor_mode = "max"
     views_key = "views"
+    #: (student, teacher) attribute pairs a momentum teacher follows after each optimizer step;
+    #: a method that sets them also sets momentum_start/momentum_end (BYOL, MoCo, DINO).
+    ema_pairs: tuple[tuple[str, str], ...] = ()
 
     def __init__(self, encoder: nn.Module, monitor: dict[str, Any] | None = None):
         super().__init__()
@@ -195,6 +198,12 @@ class SSLTask(Task):
         return list(views)
 
     # -------------------------------------------------------------- engine interface
+    def on_after_optimizer_step(self, global_step: int, max_steps: int) -> None:
+        if self.ema_pairs:
+            self.momentum = momentum_at(global_step, max_steps, self.momentum_start, self.momentum_end)
+            for student, teacher in self.ema_pairs:
+                ema_update(getattr(self, student), getattr(self, teacher), self.momentum)
+
     def training_step(self, batch: dict) -> dict[str, torch.Tensor]:
         loss, logs = self.ssl_loss(self._views(batch))
         return {**logs, "loss": loss}
@@ -209,9 +218,6 @@ class SSLTask(Task):
 
     def batch_size(self, batch: dict) -> int:
         return len(batch["image"])
-
-    def on_after_optimizer_step(self, global_step: int, max_steps: int) -> None:
-        return None
 
     def on_validation_epoch_end(self) -> dict[str, float]:
         if self._epoch_metrics is None:

@@ -50,10 +50,12 @@ def fit_task(cfg: DictConfig, task: Task, loaders: dict, precision: Precision,
     trainer_cfg = OmegaConf.to_container(cfg.trainer, resolve=True)
     optimizer = build_optimizer(OmegaConf.to_container(cfg.optimizer, resolve=True),
                                 task.optimizer_groups(float(cfg.optimizer.get("weight_decay", 0.0))))
-    lr_found = _lr_range_test(cfg, task, optimizer, loaders, precision, tracker, run_dir, resume_from)
+    dist_env = distributed.env_from_torchrun()
+    batch_transform = train_batch_transform(cfg, dist_env.rank)  # data.gpu_augment: augment on the device
+    lr_found = _lr_range_test(cfg, task, optimizer, loaders, precision, tracker, run_dir, resume_from,
+                              batch_transform)
     if lr_found is not None and lr_found["mode"] == "report":
         return {"lr_find": lr_found}  # lr_find=true: report and stop, no training
-    dist_env = distributed.env_from_torchrun()
     loaders = {**loaders, "train": distributed.shard_loader(loaders["train"], dist_env)}  # torchrun: this rank's share
     limit = trainer_cfg.get("limit_batches")
     batches = min(len(loaders["train"]), int(limit)) if limit else len(loaders["train"])
@@ -65,7 +67,7 @@ def fit_task(cfg: DictConfig, task: Task, loaders: dict, precision: Precision,
     meta = {**meta, "mlflow_run_id": tracker.run_id, "image_size": int(cfg.data.image_size),
             "backbone": cfg.backbone.name}
     trainer = Trainer(task, optimizer, schedule, precision, trainer_cfg, run_dir, tracker, config_yaml, meta,
-                      is_main=dist_env.is_main)
+                      is_main=dist_env.is_main, batch_transform=batch_transform)
     warn_one_class_validation(task, loaders["val"], limit)
     print(f"training {task.name} on {len(loaders['train'].dataset)} images "
           f"(val {len(loaders['val'].dataset)}) | {cfg.backbone.name} @ {cfg.data.image_size}px | "
@@ -78,8 +80,21 @@ def fit_task(cfg: DictConfig, task: Task, loaders: dict, precision: Precision,
     return {**result, "lr_find": lr_found} if lr_found is not None else result
 
 
+def train_batch_transform(cfg: DictConfig, rank: int = 0):
+    """`data.gpu_augment=true`: the Trainer's batch_transform that augments the uint8 training batch on
+    the device (cxrssl/data/gpu_augment.py), from the same data.augment settings; None otherwise.
+    Positives get strength 2 when imbalance.strong_augment is on, as on the CPU path."""
+    from cxrssl.data.gpu_augment import TrainBatchAugment, gpu_augment_enabled
+
+    if not gpu_augment_enabled(cfg.data):
+        return None
+    return TrainBatchAugment(cfg.data, seed=int(cfg.trainer.seed), rank=rank,
+                             strong_positives=bool(OmegaConf.select(cfg, "imbalance.strong_augment", default=False)),
+                             channels_last=bool(cfg.trainer.get("channels_last", False)))
+
+
 def _lr_range_test(cfg: DictConfig, task: Task, optimizer, loaders: dict, precision: Precision, tracker,
-                   run_dir: Path, resume_from: Path | None) -> dict[str, Any] | None:
+                   run_dir: Path, resume_from: Path | None, batch_transform=None) -> dict[str, Any] | None:
     """lr_find=true|apply (cxrssl/engine/lr_find.py): run the range test before the LR schedule is
     built; `apply` then sets optimizer.lr to the suggestion. A resumed run keeps its own LR."""
     from cxrssl.engine.lr_find import apply_lr, find_lr_for_run, lr_find_mode
@@ -88,7 +103,7 @@ def _lr_range_test(cfg: DictConfig, task: Task, optimizer, loaders: dict, precis
     if mode is None or (mode == "apply" and resume_from is not None):
         return None
     found = find_lr_for_run(OmegaConf.to_container(cfg.lr_finder, resolve=True), task, optimizer, loaders["train"],
-                            precision, tracker, run_dir, cfg.trainer.get("grad_clip_norm"))
+                            precision, tracker, run_dir, cfg.trainer.get("grad_clip_norm"), batch_transform)
     found = distributed.broadcast_object(found)  # torchrun: every rank applies rank 0's suggestion
     if mode == "apply":
         apply_lr(optimizer, found["suggested_lr"])

@@ -158,3 +158,19 @@ def check_config(cfg: DictConfig) -> None:
     device = _value(cfg, "trainer.device")
     if device not in (_MISSING, None):
         check_device(device)
+    check_gpu_augment(cfg)
+
+
+def check_gpu_augment(cfg: DictConfig) -> None:
+    """``data.gpu_augment``: a boolean, and only for single-view training. The joint-embedding pretexts
+    (``pretext.views``: simclr, moco, byol, dino) build their views in the loader workers."""
+    value = _value(cfg, "data.gpu_augment")
+    if value in (_MISSING, None, False):
+        return
+    if value is not True:
+        raise ConfigError(f"data.gpu_augment={value!r} is not allowed: must be true or false")
+    views = _value(cfg, "pretext.views")
+    if views not in (_MISSING, None):
+        raise ConfigError(f"data.gpu_augment=true is not supported with pretext={_value(cfg, 'pretext.name')}: its "
+                          "augmented views (pretext.views) are built in the DataLoader workers, on the CPU; set "
+                          "data.gpu_augment=false (or use a single-view pretext: age, sex, recon, mae)")

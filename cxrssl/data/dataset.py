@@ -3,6 +3,10 @@
 Images come either from the preprocessed uint8 cache (decoded and resized once) or are decoded and
 preprocessed on the fly; both give the same pixels. The geometric augmentation is applied to the
 image and its heart mask together, the mask with nearest-neighbour interpolation.
+
+With ``data.gpu_augment=true`` a TRAINING dataset returns the preprocessed uint8 image unaugmented,
+as a uint8 1×H×W tensor: the augmentation then runs on the device on whole batches
+(``cxrssl/data/gpu_augment.py``), and a quarter of the bytes cross pinned memory.
 """
 from __future__ import annotations
 
@@ -13,6 +17,7 @@ import pandas as pd
 import torch
 from torch.utils.data import Dataset
 
+from cxrssl.data.gpu_augment import gpu_augment_enabled
 from cxrssl.data.io import ImageReadError, read_image, read_image_uint8
 from cxrssl.data.schema import sex_to_float, validate_table
 from cxrssl.data.transforms import build_augment, build_preprocess, preprocess_settings, reseed
@@ -44,6 +49,11 @@ class CXRDataset(Dataset):
         self.cache = cache
         self.preprocess = build_preprocess(data_cfg)
         self.seed = int(seed)
+        # Train + data.gpu_augment: uint8, unaugmented; the trainer's batch_transform augments on the device.
+        self.raw_uint8 = train and gpu_augment_enabled(data_cfg)
+        if self.raw_uint8 and with_masks:
+            raise ValueError("CXRDataset: data.gpu_augment=true augments images on the device but not masks; "
+                             "a training dataset with masks needs data.gpu_augment=false")
         # The epoch lives in shared memory so persistent DataLoader workers see `set_epoch` too.
         self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()
         self.augment = build_augment(data_cfg, train, seed=seed)
@@ -98,14 +108,24 @@ class CXRDataset(Dataset):
     def __getitem__(self, index: int) -> dict[str, Any]:
         size = self.image_size
         image = self._image(index)
+        if self.raw_uint8:
+            return {"image": torch.from_numpy(np.ascontiguousarray(image)).reshape(1, size, size),
+                    **self._fields(index)}
         mask = self._mask(index) if self.with_masks else None
         augment = self.positive_augment if self.positive_augment is not None and self._labels[index] == 1 \
             else self.augment
         if self.train:  # augmentation = f(seed, epoch, index): same with 0 or N workers, across restarts
             reseed(augment, sample_seed(self.seed, int(self._epoch), index))
         out = augment(image=image) if mask is None else augment(image=image, mask=mask)
-        sample = {
-            "image": out["image"].float().reshape(1, size, size),
+        sample = {"image": out["image"].float().reshape(1, size, size), **self._fields(index)}
+        if self.with_masks:
+            sample["mask"] = (torch.full((1, size, size), float("nan")) if mask is None else
+                              torch.as_tensor(out["mask"], dtype=torch.float32).reshape(1, size, size))
+        return sample
+
+    def _fields(self, index: int) -> dict[str, Any]:
+        """Everything of a sample but the image (and mask)."""
+        return {
             "age": torch.tensor(self._ages[index]),
             "sex": torch.tensor(self._sexes[index]),
             "cardiomegaly": torch.tensor(self._labels[index]),
@@ -113,7 +133,3 @@ class CXRDataset(Dataset):
             "patient_id": self._patients[index],
             "image_id": self._ids[index],
         }
-        if self.with_masks:
-            sample["mask"] = (torch.full((1, size, size), float("nan")) if mask is None else
-                              torch.as_tensor(out["mask"], dtype=torch.float32).reshape(1, size, size))
-        return sample

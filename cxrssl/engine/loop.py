@@ -13,7 +13,7 @@ import math
 import shutil
 import time
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +41,13 @@ class NonFiniteLossError(FloatingPointError):
 class Trainer:
     def __init__(self, task: TrainableTask, optimizer: torch.optim.Optimizer, schedule: LRSchedule,
                  precision: Precision, cfg: Mapping, run_dir: Path, tracker, config_yaml: str,
-                 meta: dict[str, Any], is_main: bool = True):
+                 meta: dict[str, Any], is_main: bool = True,
+                 batch_transform: Callable[[Any, int, int], Any] | None = None):
+        """`batch_transform(batch, epoch, batch_index)`: applied to each TRAINING batch right after it
+        reached the device (e.g. data.gpu_augment's augmentation of uint8 images on the GPU); it
+        must return the image in channels_last when `trainer.channels_last` is on, and be a pure
+        function of its arguments so that resume stays exact. Validation batches are not transformed."""
+        self.batch_transform = batch_transform
         self.task, self.optimizer, self.schedule, self.precision = task, optimizer, schedule, precision
         self.cfg, self.tracker, self.config_yaml, self.meta, self.is_main = cfg, tracker, config_yaml, meta, is_main
         self.run_dir = Path(run_dir)
@@ -116,6 +122,8 @@ class Trainer:
                 break
             data_wait += time.perf_counter() - tick
             batch = to_device(batch, self.precision.device, self.channels_last)
+            if self.batch_transform is not None:
+                batch = self.batch_transform(batch, epoch, i)
             with self.precision.autocast():
                 out = self.task.training_step(batch)
             loss = out["loss"]

@@ -142,8 +142,10 @@ class _Snapshot:
         self.model.train(self.training)
 
 
-def _step_loss(task, batch: dict, precision) -> torch.Tensor:
+def _step_loss(task, batch: dict, precision, batch_transform=None, step: int = 0) -> torch.Tensor:
     batch = _to_device(batch, precision.device)
+    if batch_transform is not None:  # as the Trainer does (data.gpu_augment); epoch -1: the finder's own draws
+        batch = batch_transform(batch, -1, step)
     with precision.autocast():
         if hasattr(task, "training_step"):
             return task.training_step(batch)["loss"]
@@ -153,7 +155,8 @@ def _step_loss(task, batch: dict, precision) -> torch.Tensor:
 
 def lr_range_test(task: torch.nn.Module, optimizer: torch.optim.Optimizer, loader, precision, *,
                   start_lr: float = 1e-7, end_lr: float = 1.0, num_steps: int = 100, smoothing: float = 0.05,
-                  diverge_factor: float = 4.0, grad_clip_norm: float | None = None) -> LRFindResult:
+                  diverge_factor: float = 4.0, grad_clip_norm: float | None = None,
+                  batch_transform=None) -> LRFindResult:
     """Run the test and restore `task`, `optimizer` and the loader's order afterwards.
 
     Each parameter group keeps its ratio to the base LR (`lr_scale`, e.g. a fine-tuned backbone's
@@ -180,7 +183,7 @@ def lr_range_test(task: torch.nn.Module, optimizer: torch.optim.Optimizer, loade
             lr = start_lr * ratio ** step
             for group, scale in zip(optimizer.param_groups, scales):
                 group["lr"] = lr * scale
-            loss = _step_loss(task, batch, precision)
+            loss = _step_loss(task, batch, precision, batch_transform, step)
             value = float(loss.detach())  # one sync per step is fine here: the test is bounded and short
             if not math.isfinite(value):
                 result.diverged = True
@@ -260,7 +263,7 @@ def lr_find_mode(value: Any) -> str | None:
 
 
 def find_lr_for_run(settings: Mapping, task, optimizer, loader, precision, tracker, run_dir: Path,
-                    grad_clip_norm: float | None = None) -> dict[str, Any]:
+                    grad_clip_norm: float | None = None, batch_transform=None) -> dict[str, Any]:
     """Run the range test for a command: curve + plot under <run_dir>/lr_find/, logged to MLflow,
     and the chosen suggestion (`lr_finder.suggestion`) returned as `suggested_lr`."""
     rule = str(settings.get("suggestion", "steepest"))
@@ -270,7 +273,8 @@ def find_lr_for_run(settings: Mapping, task, optimizer, loader, precision, track
     result = lr_range_test(task, optimizer, loader, precision, start_lr=float(settings.get("start_lr", 1e-7)),
                            end_lr=float(settings.get("end_lr", 1.0)), num_steps=int(settings.get("num_steps", 100)),
                            smoothing=float(settings.get("smoothing", 0.05)),
-                           diverge_factor=float(settings.get("diverge_factor", 4.0)), grad_clip_norm=grad_clip_norm)
+                           diverge_factor=float(settings.get("diverge_factor", 4.0)), grad_clip_norm=grad_clip_norm,
+                           batch_transform=batch_transform)
     suggested = result.suggestion(rule)
     paths = save_lr_find(result, Path(run_dir) / "lr_find", chosen=rule)
     for i, (lr, smooth) in enumerate(zip(result.lrs, result.smoothed)):

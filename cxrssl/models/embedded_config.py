@@ -94,7 +94,7 @@ DATA_KEYS: dict[str, Any] = {
     "val_fraction": _float(0, 0.9), "test_fraction": _float(0, 0.9), "split_seed": _int(0, 2**31 - 1),
     "label_fraction": _float(0, 1), "equalize": _choice("none", "clahe", "hist", None),
     "clahe_clip": _float(0, 100), "resize_mode": _choice("letterbox", "crop", "stretch"),
-    "on_error": _choice("raise", "skip"), "pin_memory": _choice("auto", True, False),
+    "on_error": _choice("raise", "skip"), "pin_memory": _choice("auto", True, False), "gpu_augment": _bool,
     "uncertain": _choice("ignore", "ones", "zeros"), "blank": _choice("zeros", "ignore"),
     "frontal_only": _bool, "valid_split": _choice("test", "val"),
     "cohort": _choice("no_finding_vs_cardiomegaly", "all"), "split": _choice("train", "val", "test"),

@@ -87,14 +87,15 @@ def _columns(key: str, value: Any) -> dict | None:
 
 _SOURCES = ("synthetic", "csv", "nih", "chexpert", "mimic")
 #: data keys a checkpoint may carry into evaluate/explain/predict, each with its check. Absent:
-#: cache.dir (where this machine caches is this machine's choice), anything unknown.
+#: cache.dir (where this machine caches is this machine's choice), gpu_augment (a training-only
+#: switch: carried over, `evaluate data.split=train` would feed the model unaugmented uint8), anything unknown.
 DATA_KEYS: dict[str, Any] = {
     "source": _choice(*_SOURCES), "root": _path, "csv": _path, "patients_csv": _path, "columns": _columns,
     "image_size": _int(16, 2048), "batch_size": _int(1, 4096), "num_workers": _int(0, 64),
     "val_fraction": _float(0, 0.9), "test_fraction": _float(0, 0.9), "split_seed": _int(0, 2**31 - 1),
     "label_fraction": _float(0, 1), "equalize": _choice("none", "clahe", "hist", None),
     "clahe_clip": _float(0, 100), "resize_mode": _choice("letterbox", "crop", "stretch"),
-    "on_error": _choice("raise", "skip"), "pin_memory": _choice("auto", True, False), "gpu_augment": _bool,
+    "on_error": _choice("raise", "skip"), "pin_memory": _choice("auto", True, False),
     "uncertain": _choice("ignore", "ones", "zeros"), "blank": _choice("zeros", "ignore"),
     "frontal_only": _bool, "valid_split": _choice("test", "val"),
     "cohort": _choice("no_finding_vs_cardiomegaly", "all"), "split": _choice("train", "val", "test"),

@@ -146,3 +146,12 @@ def test_gpu_augment_flag_must_be_boolean():
     assert gpu_augment_enabled(OmegaConf.create({"gpu_augment": True})) is True
     with pytest.raises(ConfigError, match="data.gpu_augment"):
         gpu_augment_enabled(OmegaConf.create({"gpu_augment": "yes"}))
+
+
+def test_checkpoints_do_not_carry_the_training_only_switch():
+    """evaluate/explain/predict run on the checkpoint's data config: gpu_augment must not come along
+    (`evaluate data.split=train` would otherwise feed the model uint8 images)."""
+    from cxrssl.models.embedded_config import safe_data_config
+
+    data = safe_data_config({"gpu_augment": True, "image_size": 64, "pin_memory": "auto"})
+    assert data == {"image_size": 64, "pin_memory": "auto"}

@@ -1,0 +1,77 @@
+"""Exact resume with data.gpu_augment=true: the Trainer's batch_transform augments uint8 batches.
+
+The draws are a function of (seed, rank, epoch, batch index) only, so 1 epoch + resume equals 2
+straight epochs bit for bit, and a mid-epoch recovery checkpoint continues to the same weights
+(on the CPU here; kornia's ops are the same code on CUDA).
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from cxrssl.data.gpu_augment import TrainBatchAugment
+from cxrssl.data.loaders import build_dataloaders
+from cxrssl.engine.checkpoint import find_resume_checkpoint
+from cxrssl.engine.loop import Preempted, Trainer
+from cxrssl.engine.optim import LRSchedule, build_optimizer
+from cxrssl.engine.precision import resolve_precision
+from cxrssl.engine.seed import seed_everything
+from cxrssl.models import create_encoder
+from cxrssl.tasks.age import AgeTask
+from cxrssl.tracking import NullTracker
+from tests.engine.test_exact_resume import StopAt, assert_same_run, table  # noqa: F401 (fixture)
+
+pytest.importorskip("kornia")
+
+
+def data_cfg(enabled=True):
+    return OmegaConf.create({"image_size": 32, "batch_size": 4, "num_workers": 0, "cache": {"enabled": False},
+                             "gpu_augment": True, "augment": {"enabled": enabled, "p": 1.0, "rotate_limit": 15,
+                                                              "scale_limit": 0.1, "brightness_contrast": 0.2}})
+
+
+def trainer_for(run_dir, table, max_epochs=2, enabled=True, **cfg):
+    seed_everything(0)
+    loaders = build_dataloaders(data_cfg(enabled), table, seed=0, splits=("train", "val"))
+    task = AgeTask(create_encoder("test_resnet"), train_mean_age=50.0, dropout=0.2)
+    opt = build_optimizer({"name": "adamw", "lr": 3e-3, "weight_decay": 0.01}, task.optimizer_groups(0.01))
+    schedule = LRSchedule(opt, {"name": "cosine", "warmup_epochs": 1}, len(loaders["train"]), max_epochs)
+    trainer_cfg = {"max_epochs": max_epochs, "seed": 0, "progress": False, "log_every_n_steps": 2,
+                   "grad_clip_norm": 1.0, **cfg}
+    trainer = Trainer(task, opt, schedule, resolve_precision("cpu", "off"), trainer_cfg, run_dir, NullTracker(),
+                      "cfg: 1", {"command": "test"}, batch_transform=TrainBatchAugment(data_cfg(enabled), seed=0))
+    return trainer, loaders
+
+
+def test_loaders_deliver_uint8_train_and_float_val(table):
+    loaders = build_dataloaders(data_cfg(), table, seed=0, splits=("train", "val"))
+    train, val = next(iter(loaders["train"])), next(iter(loaders["val"]))
+    assert train["image"].dtype == torch.uint8 and train["image"].shape == (4, 1, 32, 32)
+    assert val["image"].dtype == torch.float32 and float(val["image"].max()) <= 1.0
+
+
+def test_one_plus_one_epochs_equal_two_straight_epochs(table, tmp_path):
+    straight, loaders = trainer_for(tmp_path / "a", table)
+    straight.fit(loaders["train"], loaders["val"])
+    first, loaders = trainer_for(tmp_path / "b", table, max_epochs=1)
+    first.fit(loaders["train"], loaders["val"])
+    second, loaders = trainer_for(tmp_path / "b", table)
+    second.fit(loaders["train"], loaders["val"], resume_from=tmp_path / "b" / "checkpoints" / "last.pt")
+    assert_same_run(straight, second)
+    plain, loaders = trainer_for(tmp_path / "c", table, enabled=False)  # the augmentation did change training
+    plain.fit(loaders["train"], loaders["val"])
+    assert not torch.equal(plain.task.state_dict()["head.fc.weight"], straight.task.state_dict()["head.fc.weight"])
+
+
+def test_mid_epoch_recovery_continues_exactly(table, tmp_path):
+    straight, loaders = trainer_for(tmp_path / "a", table)
+    straight.fit(loaders["train"], loaders["val"])
+    run = tmp_path / "b"
+    interrupted, loaders = trainer_for(run, table, checkpoint_every_n_steps=100)
+    StopAt(interrupted, 6)  # epoch 2, batch 2 of 4
+    with pytest.raises(Preempted):
+        interrupted.fit(loaders["train"], loaders["val"])
+    resumed, loaders = trainer_for(run, table)
+    resumed.fit(loaders["train"], loaders["val"], resume_from=find_resume_checkpoint(True, run))
+    assert_same_run(straight, resumed)

@@ -56,6 +56,14 @@ def test_finetune_oversampling_strong_augment_uses_strength_two(tmp_path, seen):
     assert len(seen) == 2 and all(c["in"] == torch.uint8 and c["strong"] for c in seen)
 
 
+def test_lr_finder_also_gets_augmented_float_batches(tmp_path, seen):
+    run_command("pretrain", [*TINY, f"mlflow.tracking_uri=sqlite:///{tmp_path}/mlflow.db", "pretext=age",
+                             "data.gpu_augment=true", "lr_find=true", "lr_finder.num_steps=12",
+                             "lr_finder.end_lr=1e-3", "data.pretrain_pool=train"], run_dir=tmp_path / "lr")
+    assert [c["key"] for c in seen] == [(-1, i) for i in range(12)]  # its own draws, not epoch 0's
+    assert all(c["in"] == torch.uint8 and c["out"] == torch.float32 for c in seen)
+
+
 @pytest.mark.parametrize("pretext", ["simclr", "dino"])
 def test_multi_view_pretext_is_refused_with_the_key(tmp_path, pretext, seen):
     with pytest.raises(ConfigError, match=r"data\.gpu_augment=true .*pretext=" + pretext + r".*data\.gpu_augment=false"):

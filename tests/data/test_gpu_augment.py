@@ -155,3 +155,18 @@ def test_checkpoints_do_not_carry_the_training_only_switch():
 
     data = safe_data_config({"gpu_augment": True, "image_size": 64, "pin_memory": "auto"})
     assert data == {"image_size": 64, "pin_memory": "auto"}
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_gives_the_cpu_result():
+    """Same (seed, epoch, step) on CUDA and CPU: same parameters (drawn on the CPU), same pixels up to
+    float rounding; output stays on the device, in channels_last when asked."""
+    cfg = OmegaConf.create({"augment": {"p": 0.7, "rotate_limit": 15, "scale_limit": 0.1, "translate_limit": 0.05,
+                                        "brightness_contrast": 0.2, "hflip": True}})
+    images = torch.randint(0, 256, (32, 1, 64, 64), dtype=torch.uint8)
+    labels = (torch.arange(32) % 2).float()
+    aug = TrainBatchAugment(cfg, seed=3, strong_positives=True, channels_last=True)
+    cpu = aug({"image": images, "cardiomegaly": labels}, 1, 2)["image"]
+    gpu = aug({"image": images.cuda(), "cardiomegaly": labels.cuda()}, 1, 2)["image"]
+    assert gpu.is_cuda and gpu.dtype == torch.float32 and gpu.is_contiguous(memory_format=torch.channels_last)
+    assert (gpu.cpu() - cpu).abs().max() < 1e-3

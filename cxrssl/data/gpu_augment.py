@@ -27,7 +27,9 @@ draws. Every image still gets its own parameters.
 Exact resume: the draws come from a private CPU ``torch.Generator`` seeded from (seed, rank,
 epoch, batch index) per batch — the global RNGs are untouched, and a run resumed mid-epoch
 augments the remaining batches exactly as the uninterrupted run did. Parameters are drawn on the
-CPU (tiny) and sent in one copy, so CPU and CUDA runs draw the same parameters.
+CPU (tiny) and sent in one pinned, non-blocking copy, so CPU and CUDA runs draw the same
+parameters and the step has no host synchronisation (no ``.item()``, no blocking copy: checked
+on the op level in tests/data/test_gpu_augment.py, and with CUDA's sync debug mode on a GPU).
 
 kornia is imported on first use, not at module import (CLI start-up time).
 """
@@ -115,7 +117,10 @@ class BatchAugment(torch.nn.Module):
         x = images.float() / 255.0 if images.dtype == torch.uint8 else images.float()
         if self.is_identity:
             return x
-        u = self.draws(x.shape[0], generator).to(x.device, torch.float32, non_blocking=True)
+        u = self.draws(x.shape[0], generator)
+        if x.device.type == "cuda":  # pinned: the copy is queued, the host does not wait for the GPU
+            u = u.pin_memory()
+        u = u.to(x.device, torch.float32, non_blocking=True)
         s = torch.ones(x.shape[0], device=x.device) if strength is None else strength.to(x.device, torch.float32)
         if self.p > 0:
             x = self._affine(x, u, s)
@@ -135,7 +140,9 @@ class BatchAugment(torch.nn.Module):
         angle = -sym(_ANGLE, self.rotate)  # kornia turns counter-clockwise: same sign as albumentations
         scale = torch.stack([1 + sym(_SCALE_X, self.scale), 1 + sym(_SCALE_Y, self.scale)], dim=1)
         shift = torch.stack([sym(_SHIFT_X, self.shift) * w, sym(_SHIFT_Y, self.shift) * h], dim=1)
-        center = x.new_tensor([(w - 1) / 2, (h - 1) / 2]).expand(n, 2)  # albumentations: w/2 - 0.5
+        # albumentations' centre, w/2 - 0.5; filled on the device (a tensor from a list would be a blocking copy)
+        center = torch.stack([torch.full((n,), (w - 1) / 2, device=x.device),
+                              torch.full((n,), (h - 1) / 2, device=x.device)], dim=1)
         matrix = get_affine_matrix2d(shift, center, scale, angle)[:, :2]
         warped = warp_affine(x, matrix, dsize=(h, w), mode="bilinear", padding_mode="zeros", align_corners=True)
         gate = (u[:, _AFFINE_GATE] < self.p).view(-1, 1, 1, 1)

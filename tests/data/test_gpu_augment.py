@@ -167,6 +167,38 @@ def test_cuda_gives_the_cpu_result():
     labels = (torch.arange(32) % 2).float()
     aug = TrainBatchAugment(cfg, seed=3, strong_positives=True, channels_last=True)
     cpu = aug({"image": images, "cardiomegaly": labels}, 1, 2)["image"]
-    gpu = aug({"image": images.cuda(), "cardiomegaly": labels.cuda()}, 1, 2)["image"]
+    on_device = {"image": images.cuda(), "cardiomegaly": labels.cuda()}
+    aug(on_device, 0, 0)  # kornia's and CUDA's lazy initialisation may synchronise once
+    torch.cuda.set_sync_debug_mode("error")  # any host synchronisation in the step raises
+    try:
+        gpu = aug(on_device, 1, 2)["image"]
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
     assert gpu.is_cuda and gpu.dtype == torch.float32 and gpu.is_contiguous(memory_format=torch.channels_last)
     assert (gpu.cpu() - cpu).abs().max() < 1e-3
+
+
+def test_no_op_that_would_make_the_host_wait_for_the_gpu():
+    """On the CPU we can still see the ops: none reads a value back (item, nonzero, a checked inverse)
+    and none builds a tensor from Python data (a blocking host→device copy on CUDA)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Ops(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.names = set()
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.names.add(func.overloadpacket.__name__)
+            return func(*args, **(kwargs or {}))
+
+    cfg = OmegaConf.create({"augment": {"p": 0.7, "rotate_limit": 15, "scale_limit": 0.1, "translate_limit": 0.05,
+                                        "brightness_contrast": 0.2, "hflip": True}})
+    batch = {"image": square_batch(8, 32, 6), "cardiomegaly": (torch.arange(8) % 2).float()}
+    aug = TrainBatchAugment(cfg, seed=0, strong_positives=True, channels_last=True)
+    with Ops() as ops:
+        aug(batch, 0, 1)
+    assert "grid_sampler_2d" in ops.names  # the warp really ran inside the mode
+    syncing = {"_local_scalar_dense", "nonzero", "linalg_inv", "linalg_inv_ex", "_linalg_check_errors", "lift_fresh",
+               "masked_select", "unique", "_unique2", "equal", "is_nonzero"}
+    assert not ops.names & syncing

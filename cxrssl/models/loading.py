@@ -124,8 +124,9 @@ def load_classifier(ref: Any, tracking_uri: str | None = None,
     # The embedded config is untrusted: only checked backbone/data keys survive (embedded_config).
     trained = read_embedded_config(ckpt.get("config"), str(path))
     timm_kwargs = trained.get("backbone", {}).get("timm_kwargs", {})
-    model = Classifier(create_encoder(meta["backbone"], **timm_kwargs))
     state = {k: v for k, v in ckpt["model"].items() if k.startswith(("encoder.", "head."))}
+    # finetune.strategy=linear heads standardise the pooled features first (heads.FeatureStandardizer)
+    model = Classifier(create_encoder(meta["backbone"], **timm_kwargs), standardize="head.norm.running_mean" in state)
     _strict_load(model, state, str(path))
     model.to(device).eval()
     info = {k: v for k, v in ckpt.items() if k not in ("model", "optimizer", "scheduler", "scaler", "rng")}

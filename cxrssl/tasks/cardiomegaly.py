@@ -1,6 +1,7 @@
 """Cardiomegaly detection on top of any pretrained encoder (the downstream task).
 
-Fine-tuning strategies (`finetune.strategy`): `linear` (frozen encoder, BN statistics frozen too),
+Fine-tuning strategies (`finetune.strategy`): `linear` (frozen encoder, BN statistics frozen too,
+head on standardised pooled features: the problem `cxrssl probe probe=linear` solves),
 `partial` (the original's: train only the last `trainable_blocks` encoder stages), `full` (all,
 with the encoder at `backbone_lr_scale` × the head's LR). `recon_weight` > 0 adds the original's
 dual loss: reconstruction of the input from the same features, next to classification.
@@ -32,7 +33,8 @@ class CardiomegalyTask(Task):
         if strategy not in STRATEGIES:
             raise ValueError(f"finetune.strategy={strategy!r}: expected one of {STRATEGIES}")
         self.encoder = encoder
-        self.head = PooledHead(encoder.out_channels, 1, dropout)
+        # linear: standardised features (BatchNorm without affine), as scikit-learn's probe sees them
+        self.head = PooledHead(encoder.out_channels, 1, dropout, standardize=strategy == "linear")
         self.decoder = Decoder(encoder.out_channels, encoder.reduction, decoder_width) if recon_weight > 0 else None
         self.imbalance, self.strategy = imbalance, strategy
         self.recon_weight, self.backbone_lr_scale = float(recon_weight), float(backbone_lr_scale)

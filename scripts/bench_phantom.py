@@ -109,8 +109,9 @@ def cnn_row(overrides: list[str], out: Path) -> float:
     common = [*CNN_PRESET, *overrides, "data.synthetic.n_unlabelled_patients=0",
               f"mlflow.tracking_uri=sqlite:///{out}/mlflow.db"]
     _, ft = run_command("finetune", common, run_dir=out / "finetune")
+    passed = [o for o in overrides if o.startswith(("mlflow.", "trainer.device", "data.num_workers"))]
     _, ev = run_command("evaluate", [f"checkpoint={ft['checkpoints']['best']}", "evaluate.n_boot=200",
-                                     f"mlflow.tracking_uri=sqlite:///{out}/mlflow.db"], run_dir=out / "evaluate")
+                                     f"mlflow.tracking_uri=sqlite:///{out}/mlflow.db", *passed], run_dir=out / "evaluate")
     return float(ev["evaluation"]["metrics"]["auroc"]["value"])
 
 

@@ -5,7 +5,7 @@ by side: images/s counts source images (a SimCLR step on 32 images processes 64 
 loading is excluded on purpose — the view transforms are timed separately (`views` row).
 
     python scripts/bench_ssl.py                         # CPU: tiny backbone (vit_tiny/8 for MAE), 64 px
-    python scripts/bench_ssl.py --device cuda --size 224 --cnn resnet18 --vit vit_small --batch 64
+    python scripts/bench_ssl.py --device cuda --size 224 --cnn resnet18 --vit vit_small --batch 64 --amp bf16
 """
 from __future__ import annotations
 
@@ -55,8 +55,11 @@ def time_method(method: str, args, device) -> dict:
     opt = torch.optim.AdamW([p for p in task.parameters() if p.requires_grad], lr=1e-4)
     data = batch(method, args, device)
 
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.amp == "bf16")
+
     def step(i):
-        loss = task.training_step(data)["loss"]
+        with autocast:
+            loss = task.training_step(data)["loss"]
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -101,6 +104,7 @@ def main() -> None:
     parser.add_argument("--vit", default="vit_tiny", help="conf/backbone/<name> for MAE")
     parser.add_argument("--dino-local", type=int, default=2)
     parser.add_argument("--methods", default=",".join(METHODS))
+    parser.add_argument("--amp", choices=("none", "bf16"), default="none", help="bf16 autocast (GPU; CPU has no AMX)")
     args = parser.parse_args()
     device = torch.device(args.device)
     torch.manual_seed(0)
@@ -117,7 +121,7 @@ def main() -> None:
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(f"machine: {platform.node()} | {cpu} | {os.cpu_count()} cores | torch {torch.__version__} "
           f"{torch.get_num_threads()} threads | device {device} | load average {load:.1f} | "
-          f"{args.size}px batch {args.batch} steps {args.steps}")
+          f"{args.size}px batch {args.batch} steps {args.steps} | amp {args.amp}")
     cells = [[f"{v:.3g}" if isinstance(v, float) else str(v) for v in row] for row in table.itertuples(index=False)]
     print("| " + " | ".join(table.columns) + " |\n|" + "---|" * len(table.columns))
     print("\n".join("| " + " | ".join(row) + " |" for row in cells))

@@ -10,6 +10,10 @@ cxrssl's one-channel timm `Encoder`:
   ``encoder.layer.N.attention.attention.query``…), converted to the timm layout;
 * ``mae``         — MAE pre-training checkpoints (facebookresearch/mae, medical MAE): decoder dropped.
 
+Recognised but refused with the reason (``UNSUPPORTED``): torchxrayvision's ResNet autoencoder
+(``xrv.autoencoders.ResNetAE``), whose encoder no timm backbone can hold without computing
+something else.
+
 Why explicit: a silent partial load looks like a bad pretext. Every key is either mapped, or
 dropped for a stated reason (classifier, decoder, final norm the features-only encoder lacks), or
 the load fails naming the missing and unexpected keys. Input normalisation is folded into the
@@ -37,6 +41,17 @@ FORMATS: dict[str, dict[str, Any]] = {
     "rad_dino": {"archs": ("vit_",), "mean": IMAGENET[0], "std": IMAGENET[1], "size": 518, "stem": "patch_embed.proj"},
     "mae": {"archs": ("vit_",), "mean": IMAGENET[0], "std": IMAGENET[1], "size": 224, "stem": "patch_embed.proj"},
 }
+#: Layouts recognised only to say why they cannot be an encoder here.
+UNSUPPORTED: dict[str, str] = {
+    "xrv_resnet_ae": (
+        "a torchxrayvision ResNet autoencoder (xrv.autoencoders.ResNetAE, e.g. the '101-elastic' weights). "
+        "Its encoder is not a timm architecture, so no backbone in conf/backbone can take it: each "
+        "bottleneck applies ReLU after bn3 *before* adding the shortcut (timm/torchvision ResNets add "
+        "first), and layer4 is 2 blocks of width 128 (512 channels) with stride 6 instead of width 512 "
+        "(2048 channels) with stride 2. Loading layers 1-3 into resnet101 would silently compute a different "
+        "function. Use its latent through torchxrayvision itself (ae.encode), or pretrain/finetune from "
+        "torchxrayvision's classifier weights instead (formats xrv_densenet, xrv_resnet)"),
+}
 #: Keys the one-channel features-only encoder has no place for, and why.
 _DROPPED = [(re.compile(r"^(classifier|fc|head)\.|^op_threshs$"), "classification head"),
             (re.compile(r"^(norm|fc_norm)\."), "final norm (the features-only encoder stops before it)"),
@@ -54,6 +69,8 @@ def detect_format(state: dict[str, torch.Tensor]) -> str | None:
         return "xrv_densenet"
     if "model.conv1.weight" in keys and "model.layer4.0.conv1.weight" in keys:
         return "xrv_resnet"
+    if "conv1.weight" in keys and any(k.startswith(("uplayer1.", "uplayer_top.")) for k in keys):
+        return "xrv_resnet_ae"
     if "patch_embed.proj.weight" in keys and any(k.startswith("decoder_") for k in keys):
         return "mae"
     if "patch_embed.proj.weight" in keys and ("blocks.0.ls1.gamma" in keys or "mask_token" in keys):
@@ -158,6 +175,8 @@ def load_external_encoder(backbone_cfg: Any, path: str | Path, fmt: str | None =
 
     state = load_weights_file(path) if state is None else state
     fmt = fmt or detect_format(state)
+    if fmt in UNSUPPORTED:
+        raise WeightsMismatchError(f"pretrained={path} is {UNSUPPORTED[fmt]}")
     if fmt not in FORMATS:
         raise WeightsMismatchError(f"pretrained={path}: not a recognised external layout (formats: "
                                    f"{sorted(FORMATS)}); first keys: {list(state)[:6]}")

@@ -161,3 +161,28 @@ def test_mismatches_name_the_keys_and_the_backbone(tmp_path):
         load_encoder({"name": "densenet121", "timm_kwargs": {}}, save(tmp_path, broken, "broken.pth"))
     assert "features_denseblock4.denselayer16.conv2.weight" in str(err.value)  # missing, named
     assert "features.extra_layer.weight" in str(err.value)                      # unexpected, named
+
+
+def test_torchxrayvision_resnet_autoencoder_is_refused_with_the_reason(tmp_path):
+    """xrv's ResNetAE101 (random init, no download) is recognised and refused by name, for every
+    backbone, with the architectural reason; the reason is checked against the model itself."""
+    xrv = pytest.importorskip("torchxrayvision")
+    import timm
+
+    torch.manual_seed(0)
+    ae = xrv.autoencoders.ResNetAE(weights=None).eval()
+    path = save(tmp_path, ae.state_dict(), "resnet_ae.pt")
+    for backbone in ("resnet101", "resnet50", "tiny"):
+        with pytest.raises(WeightsMismatchError, match="torchxrayvision ResNet autoencoder") as err:
+            load_encoder({"name": backbone, "timm_kwargs": {}}, path)
+        assert "no backbone in conf/backbone" in str(err.value) and "ReLU" in str(err.value)
+    # layer4: width 128 (512 channels), stride 6, 2 blocks — not resnet101's 2048 channels at stride 2
+    assert ae.layer4[0].conv3.out_channels == 512 and ae.layer4[0].conv2.stride == (6, 6) and len(ae.layer4) == 2
+    # layers 1-3 have resnet101's shapes, yet its bottleneck computes something else with the same weights
+    ref = timm.create_model("resnet101", pretrained=False, num_classes=0, in_chans=1).eval()
+    ref_block, ae_block = ref.layer1[0], ae.layer1[0]
+    ref_block.load_state_dict(ae_block.state_dict())
+    for bn in (ref_block.bn3, ae_block.bn3):  # make bn3's output negative somewhere, where ReLU-before-add bites
+        bn.bias.data.fill_(-1.0)
+    x = torch.rand(1, 64, 16, 16)
+    assert not torch.allclose(ref_block(x), ae_block(x), atol=1e-3)

@@ -107,6 +107,7 @@ def main(argv: list[str] | None = None) -> int | None:
         return 2
     _completion_line_without_command(command)
     _source_checkout_plugins()
+    argv = _quiet_nonzero_rank(argv)
     import hydra
 
     def task_function(cfg):
@@ -134,6 +135,20 @@ def main(argv: list[str] | None = None) -> int | None:
 
 
 USER_ERROR_STATUS = 2
+
+#: What a torchrun rank other than 0 overrides: Hydra would create its OWN `outputs/<command>/<time>/`
+#: (its `${now:}` differs from rank 0's) with `.hydra/` and a log file; rank 0 decides the run dir
+#: and broadcasts it (commands/report.py), so the other ranks write nothing of Hydra's anywhere.
+_RANK_OVERRIDES = ("hydra.run.dir=.", "hydra.output_subdir=null", "hydra/job_logging=stdout")
+
+
+def _quiet_nonzero_rank(argv: list[str]) -> list[str]:
+    import os
+
+    if os.environ.get("RANK", "0") in ("", "0") or any(a in ("-m", "--multirun") for a in argv):
+        return argv
+    keys = tuple(o.split("=", 1)[0] + "=" for o in _RANK_OVERRIDES)
+    return [a for a in argv if not a.lstrip("+~").startswith(keys)] + list(_RANK_OVERRIDES)
 
 
 def format_user_error(command: str, error: BaseException) -> str:

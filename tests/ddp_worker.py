@@ -1,6 +1,9 @@
 """One rank of tests/test_distributed.py, run under `torchrun --nproc_per_node=2` (gloo, CPU).
 
-    python -m torch.distributed.run --standalone --nproc_per_node=2 tests/ddp_worker.py grad|train OUT_JSON
+    python -m torch.distributed.run --standalone --nproc_per_node=2 tests/ddp_worker.py MODE OUT_JSON [DIR]
+
+MODE: grad | train (tests/test_distributed.py), samplers | syncbn | fit | resume | fail
+(tests/test_distributed_finetune.py, helpers in tests/ddp_finetune_worker.py).
 """
 from __future__ import annotations
 
@@ -85,11 +88,17 @@ def train_check(env: D.DistEnv) -> dict:
 
 def main() -> None:
     mode, out = sys.argv[1], Path(sys.argv[2])
-    env = D.init_from_env("cpu")
+    env = D.init_from_env("cpu", timeout_s=120.0)  # a planted rank mismatch fails in 2 min, not 30
     assert env.enabled and dist.get_backend() == "gloo"
-    result = grad_check(env) if mode == "grad" else train_check(env)
+    if mode in ("grad", "train"):
+        result = grad_check(env) if mode == "grad" else train_check(env)
+    else:
+        from tests import ddp_finetune_worker
+
+        result = getattr(ddp_finetune_worker, f"{mode}_check")(env, *sys.argv[3:])
     if env.is_main:
         out.write_text(json.dumps(result))
+    D.barrier()  # no rank tears the group down while another still uses it
     D.destroy()
 
 

@@ -23,9 +23,15 @@ from cxrssl.tasks.base import Task
 def resume_point(cfg: DictConfig, run_dir: Path) -> tuple[Path | None, str | None]:
     """The checkpoint to resume from and the MLflow run it belonged to (continued if present).
     Also checks, first, that the run's checkpoint folder is writable."""
+    check_outputs(run_dir)  # first thing every training command does: fail before loading data
+    if not distributed.env_from_torchrun().is_main:  # torchrun: rank 0 picks the checkpoint, all load it
+        return distributed.broadcast_object(None)
+    return distributed.broadcast_object(_resume_point(cfg, run_dir))
+
+
+def _resume_point(cfg: DictConfig, run_dir: Path) -> tuple[Path | None, str | None]:
     from cxrssl.sweeps import sweep_info_from_hydra
 
-    check_outputs(run_dir)  # first thing every training command does: fail before loading data
     resume = cfg.get("resume")
     if sweep_info_from_hydra() is not None and str(resume).lower() == "true":
         # In a sweep each job resumes only itself; a job that never wrote a checkpoint starts fresh.
@@ -48,6 +54,8 @@ def fit_task(cfg: DictConfig, task: Task, loaders: dict, precision: Precision,
              tracker, run_dir: Path, resume_from: Path | None, meta: dict[str, Any]) -> dict[str, Any]:
     """Train `task` on loaders['train'], validate on loaders['val'], write checkpoints and summary."""
     trainer_cfg = OmegaConf.to_container(cfg.trainer, resolve=True)
+    distributed.sync_batchnorm(task, bool(trainer_cfg.get("sync_batchnorm", False)),  # before the optimizer:
+                               precision.device.type)                                # new BN parameters
     optimizer = build_optimizer(OmegaConf.to_container(cfg.optimizer, resolve=True),
                                 task.optimizer_groups(float(cfg.optimizer.get("weight_decay", 0.0))))
     dist_env = distributed.env_from_torchrun()
@@ -57,6 +65,8 @@ def fit_task(cfg: DictConfig, task: Task, loaders: dict, precision: Precision,
     if lr_found is not None and lr_found["mode"] == "report":
         return {"lr_find": lr_found}  # lr_find=true: report and stop, no training
     loaders = {**loaders, "train": distributed.shard_loader(loaders["train"], dist_env)}  # torchrun: this rank's share
+    if getattr(task, "shard_validation", False):  # torchrun: 1/N of val per rank, metrics gathered (no padding)
+        loaders["val"] = distributed.shard_eval_loader(loaders["val"], dist_env)
     limit = trainer_cfg.get("limit_batches")
     batches = min(len(loaders["train"]), int(limit)) if limit else len(loaders["train"])
     accumulate = max(int(trainer_cfg.get("accumulate_grad_batches", 1)), 1)

@@ -19,7 +19,13 @@ The pieces, each usable on its own (and tested with 2 gloo processes on CPU):
 * `all_reduce_sums` — loss/metric sums (a dict of tensors) summed over ranks before any comparison
   (early stopping, best.pt, threshold), so ranks never disagree.
 * `broadcast_module` — rank 0's parameters and buffers to every rank (start identical; BatchNorm
-  running statistics before checkpoints). `convert_sync_batchnorm` for the optional SyncBatchNorm.
+  running statistics before checkpoints). `sync_batchnorm` for `trainer.sync_batchnorm=true`.
+* `EvalShard` / `shard_eval_loader` — validation split by rank WITHOUT padding (rank r takes rows
+  r, r+W, r+2W, …), so no row is counted twice; ranks then combine their sums (`sum_over_ranks`)
+  and tasks gather their predictions (`gather_objects`) before computing metrics, so every rank
+  computes the same full-set AUROC and takes the same early-stopping/best.pt decision.
+* `any_rank` — a flag raised on any rank (a preemption signal) seen by every rank at the same
+  step, so all ranks stop together and rank 0 writes the recovery checkpoint.
 
 A failure on one rank stops all: torchrun's agent terminates the other workers when one exits
 non-zero; `init_from_env(timeout_s=...)` bounds how long a collective waits for a dead peer.
@@ -168,8 +174,67 @@ def barrier() -> None:
 
 
 def convert_sync_batchnorm(module: torch.nn.Module) -> torch.nn.Module:
-    """BatchNorm statistics over the global batch (trainer.sync_batchnorm=true; CUDA/NCCL only)."""
+    """BatchNorm statistics over the global batch (a no-op in one process)."""
     return torch.nn.SyncBatchNorm.convert_sync_batchnorm(module) if is_active() else module
+
+
+def sync_batchnorm(module: torch.nn.Module, enabled: bool, device_type: str = "cpu", log=print) -> torch.nn.Module:
+    """`trainer.sync_batchnorm=true`: every BatchNorm layer of `module` made synchronous, in place
+    (statistics over the GLOBAL batch: the running statistics are those of one process on the
+    global batch, not of each rank's shard). CUDA: torch's SyncBatchNorm; CPU: `sync_bn.CPUSyncBatchNorm`.
+    One process: unchanged, with one log line."""
+    if not enabled:
+        return module
+    if not is_active():
+        log("trainer.sync_batchnorm=true: single process, BatchNorm left as is")
+        return module
+    from cxrssl.engine.sync_bn import convert
+
+    keep = frozenset(id(m) for m in getattr(module, "_frozen_norms", ()))  # frozen layers stay in eval
+    converted, n = convert(module, device_type, keep)
+    if converted is not module:
+        raise TypeError("trainer.sync_batchnorm converts a model's layers; got a bare BatchNorm layer")
+    if is_main():
+        log(f"trainer.sync_batchnorm=true: {n} BatchNorm layers synchronised over {dist.get_world_size()} ranks")
+    return module
+
+
+def is_main() -> bool:
+    return not is_active() or dist.get_rank() == 0
+
+
+def gather_objects(value: Any) -> list[Any]:
+    """Every rank's `value` (picklable; tensors travel via CPU), in rank order; `[value]` alone."""
+    if not is_active():
+        return [value]
+    out: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(out, value)
+    return out
+
+
+def sum_over_ranks(totals: Mapping[str, float], counts: Mapping[str, int]) -> tuple[dict[str, float], dict[str, int]]:
+    """Sums and counts added over ranks, key by key (a rank whose shard had no rows for a key —
+    an empty validation shard — contributes nothing); the same result, in the same order, on every rank."""
+    parts = gather_objects((dict(totals), dict(counts)))
+    keys = sorted({k for t, _ in parts for k in t})
+    return ({k: math.fsum(t.get(k, 0.0) for t, _ in parts) for k in keys},
+            {k: sum(c.get(k, 0) for _, c in parts) for k in keys})
+
+
+_flag_group = None
+
+
+def any_rank(flag: bool) -> bool:
+    """True on every rank if `flag` is True on any rank (one 1-element CPU all-reduce; under NCCL a
+    gloo side group, so reading the result never waits for the GPU)."""
+    if not is_active():
+        return bool(flag)
+    global _flag_group
+    if _flag_group is None:
+        _flag_group = dist.new_group(backend="gloo") if dist.get_backend() != "gloo" else dist.group.WORLD
+    box = torch.tensor([1 if flag else 0], dtype=torch.int32)
+    dist.all_reduce(box, op=dist.ReduceOp.MAX, group=_flag_group)
+    return bool(box.item())
 
 
 class ShardedSampler(Sampler[int]):
@@ -198,16 +263,47 @@ class ShardedSampler(Sampler[int]):
         return iter(indices[self.rank:total:self.world_size])
 
 
+class EvalShard(Sampler[int]):
+    """Rank `rank`'s rows of an evaluation sampler's order: every `world_size`-th from `rank` on, NOT
+    padded (padding would count repeated rows twice in AUROC and loss means). Shards differ in size
+    by at most one row; validation issues no collective per batch, so uneven batch counts are fine."""
+
+    def __init__(self, base: Sampler[int], world_size: int, rank: int):
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} outside world size {world_size}")
+        self.base, self.world_size, self.rank = base, world_size, rank
+
+    def __len__(self) -> int:
+        return len(range(self.rank, len(self.base), self.world_size))
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(list(iter(self.base))[self.rank::self.world_size])
+
+
+def _rebuild(loader: torch.utils.data.DataLoader, sampler: Sampler[int], drop_last: bool):
+    return torch.utils.data.DataLoader(
+        loader.dataset, batch_size=loader.batch_size, sampler=sampler, num_workers=loader.num_workers,
+        collate_fn=loader.collate_fn, pin_memory=loader.pin_memory, drop_last=drop_last,
+        persistent_workers=loader.persistent_workers if loader.num_workers else False,
+        worker_init_fn=loader.worker_init_fn, prefetch_factor=loader.prefetch_factor if loader.num_workers else None,
+        generator=loader.generator)
+
+
 def shard_loader(loader: torch.utils.data.DataLoader, env: DistEnv) -> torch.utils.data.DataLoader:
-    """The same DataLoader with its sampler sharded by rank (no-op for one process)."""
+    """The training DataLoader with its sampler sharded by rank (no-op for one process). An
+    incomplete last batch is dropped only if the SHARD has more than one batch (the loaders'
+    rule, applied per rank: a 30-image split at batch 16 gives each of 2 ranks one batch of 15)."""
     if not env.enabled:
         return loader
     sampler = ShardedSampler(loader.sampler, env.world_size, env.rank)
-    return torch.utils.data.DataLoader(
-        loader.dataset, batch_size=loader.batch_size, sampler=sampler, num_workers=loader.num_workers,
-        collate_fn=loader.collate_fn, pin_memory=loader.pin_memory, drop_last=loader.drop_last,
-        persistent_workers=loader.persistent_workers if loader.num_workers else False,
-        worker_init_fn=loader.worker_init_fn, prefetch_factor=loader.prefetch_factor if loader.num_workers else None)
+    return _rebuild(loader, sampler, loader.drop_last and len(sampler) > (loader.batch_size or 1))
+
+
+def shard_eval_loader(loader: torch.utils.data.DataLoader, env: DistEnv) -> torch.utils.data.DataLoader:
+    """A validation DataLoader whose rows are split by rank without padding (no-op for one process)."""
+    if not env.enabled:
+        return loader
+    return _rebuild(loader, EvalShard(loader.sampler, env.world_size, env.rank), False)
 
 
 def destroy() -> None:

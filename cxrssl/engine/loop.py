@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 
 from cxrssl.engine.batch import StepSums, to_device
 from cxrssl.engine.checkpoint import load_checkpoint
-from cxrssl.engine.distributed import average_gradients, broadcast_buffers
+from cxrssl.engine.distributed import any_rank, average_gradients, broadcast_buffers, sum_over_ranks
 from cxrssl.engine.optim import LRSchedule
 from cxrssl.engine.precision import Precision
 from cxrssl.engine.protocol import TrainableTask
@@ -97,6 +97,7 @@ class Trainer:
                 if self._should_stop():
                     stopped_early = True
                     break
+                self._preemption_requested()
                 self._check_preempted()  # a signal during validation: last.pt is the recovery point
         elapsed = time.perf_counter() - start
         return self._result(elapsed, stopped_early)
@@ -138,15 +139,15 @@ class Trainer:
                 step = self.state.global_step
                 if step % self.log_every == 0:
                     self._sync(sums, synced, epoch, bar, log=True)
-                if i + 1 < total and (self.preemption.received or (self.ckpt_every and step % self.ckpt_every == 0)):
+                if i + 1 < total and (self._preemption_requested() or (self.ckpt_every and step % self.ckpt_every == 0)):
                     self._sync(sums, synced, epoch, bar, log=False)  # never checkpoint NaN weights
-                    path = self.files.save_recovery({**self.checkpoint_state(), "epoch_sums": sums.state_dict()})
+                    path = self.files.save_recovery({**self.checkpoint_state(), "epoch_sums": _all_ranks(sums)})
                     self._check_preempted(path)
             tick = time.perf_counter()
         bar.close()
-        totals = self._sync(sums, synced, epoch, None, log=False)
+        totals, counts = sum_over_ranks(self._sync(sums, synced, epoch, None, log=False), sums.counts)  # DDP: all ranks
         elapsed = time.perf_counter() - start
-        return {**sums.means(totals), "images_per_s": seen_here / max(elapsed, 1e-9),
+        return {**{k: v / max(counts[k], 1) for k, v in totals.items()}, "images_per_s": seen_here / max(elapsed, 1e-9),
                 "data_wait_frac": data_wait / max(elapsed, 1e-9), "lr": self.schedule.lrs()["lr"]}
 
     @torch.no_grad()
@@ -171,7 +172,9 @@ class Trainer:
                 artifacts = self.task.epoch_artifacts(batch, outputs, self.run_dir / "artifacts", epoch + 1)
             bar.update()
         bar.close()
-        metrics = {**sums.means(), **self.task.compute_metrics(), **self.task.on_validation_epoch_end()}
+        totals, counts = sum_over_ranks(sums.totals(), sums.counts)  # DDP: every rank's shard (no-op alone)
+        metrics = {**{k: v / max(counts[k], 1) for k, v in totals.items()},
+                   **self.task.compute_metrics(), **self.task.on_validation_epoch_end()}
         return metrics, artifacts
 
     # ---------------------------------------------------------------- steps
@@ -215,9 +218,17 @@ class Trainer:
             return rec
         return last
 
+    def _preemption_requested(self) -> bool:
+        """A signal on ANY rank, seen by every rank at this same step boundary (torchrun: one
+        1-element all-reduce; alone: the flag), so all ranks stop together after rank 0 wrote
+        recovery.pt. `_check_preempted` acts on this snapshot, not on the live flag."""
+        self._stop = any_rank(self.preemption.received is not None)
+        return self._stop
+
     def _check_preempted(self, path: Path | None = None) -> None:
-        if self.preemption.received:
-            raise Preempted(self.preemption.received, path if path is not None else self._last_good(),
+        if getattr(self, "_stop", False):
+            raise Preempted(self.preemption.received or "a signal on another rank",
+                            path if path is not None or not self.is_main else self._last_good(),
                             self.state.global_step, self.preemption.previous_handler)
 
     # ---------------------------------------------------------------- best / stop
@@ -269,7 +280,7 @@ class Trainer:
         self.schedule.load_state_dict(ckpt["scheduler"])
         self.scaler.load_state_dict(ckpt["scaler"])
         self.state = FitState.from_checkpoint(ckpt)
-        self._epoch_sums = ckpt.get("epoch_sums")
+        self._epoch_sums = ckpt.get("epoch_sums") if self.is_main else None  # all ranks' sums, added once
         set_rng_state(ckpt["rng"])
         source_best = Path(path).parent / "best.pt"
         if self.is_main and source_best.is_file() and source_best.resolve() != self.files.best.resolve():
@@ -304,6 +315,13 @@ class Trainer:
                 "first": {k: v for k, v in (s.history[0] if s.history else {}).items() if k != "epoch"},
                 "train_time_s": elapsed, "train_images_per_s": sum(speeds) / len(speeds) if speeds else None,
                 "precision": self.precision.name, "device": str(self.precision.device)}
+
+
+def _all_ranks(sums: StepSums) -> dict[str, Any]:
+    """The epoch's running sums over every rank (torchrun), as `StepSums.state_dict()`: recovery.pt
+    carries them and only rank 0 loads them back, so the resumed epoch's mean counts each image once."""
+    totals, counts = sum_over_ranks(sums.totals(), sums.counts)
+    return {"sums": {k: torch.tensor(v, dtype=torch.float64) for k, v in totals.items()}, "counts": counts}
 
 
 __all__ += ["weights_only"]

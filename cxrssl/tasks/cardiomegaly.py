@@ -25,6 +25,7 @@ class CardiomegalyTask(Task):
     name = "cardiomegaly"
     monitor = "auroc"
     monitor_mode = "max"
+    shard_validation = True  # torchrun: each rank validates 1/N of the rows; compute_metrics gathers them
 
     def __init__(self, encoder: Encoder, imbalance: Imbalance, strategy: str = "full",
                  trainable_blocks: int = 1, backbone_lr_scale: float = 0.1, recon_weight: float = 0.0,
@@ -99,17 +100,26 @@ class CardiomegalyTask(Task):
         target, valid = masked_target(batch, "cardiomegaly", outputs["logit"].device)
         if valid.any():
             prob = torch.sigmoid(outputs["logit"][valid].detach())
-            self.auroc.update(prob, target[valid].long())
             self._probs.append(prob.cpu())
             self._labels.append(target[valid].cpu())
 
     def compute_metrics(self):
-        if not self._labels:
+        from torchmetrics.functional.classification import binary_auroc
+
+        from cxrssl.engine.distributed import gather_objects
+
+        # torchrun shards validation by rank: every rank gathers all shards' predictions (a no-op
+        # alone), so each computes the same full-set AUROC and takes the same best/stop decision.
+        mine = (torch.cat(self._labels) if self._labels else torch.empty(0),
+                torch.cat(self._probs) if self._probs else torch.empty(0))
+        parts = gather_objects(mine)
+        labels, probs = torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+        self._labels, self._probs = ([labels], [probs]) if len(labels) else ([], [])
+        if not len(labels):
             return {}
-        labels = torch.cat(self._labels)
         if labels.min() == labels.max():
             return {"auroc": float("nan"), "prevalence": float(labels.mean())}
-        return {"auroc": float(self.auroc.compute()), "prevalence": float(labels.mean())}
+        return {"auroc": float(binary_auroc(probs, labels.long())), "prevalence": float(labels.mean())}
 
     def reset_metrics(self):
         self.auroc.reset()

@@ -4,6 +4,8 @@ writes to the JSON file; values are gathered from every rank so the test can com
 """
 from __future__ import annotations
 
+import os
+import signal
 from pathlib import Path
 
 import numpy as np
@@ -149,8 +151,8 @@ def fit_check(env: D.DistEnv, run_dir: str) -> dict:
 
 
 def resume_check(env: D.DistEnv, run_dir: str) -> dict:
-    """Straight 2 epochs vs the same run preempted at step 3 by a signal on rank 1 ONLY, resumed
-    from rank 0's recovery.pt on both ranks."""
+    """Straight 2 epochs vs the same run preempted at step 3 by SIGUSR2 sent to rank 1's process
+    ONLY (the engine's real handler), resumed from rank 0's recovery.pt on both ranks."""
     root = Path(run_dir)
     straight, train, val = cardio_trainer(env, root / "a", 2)
     straight.fit(train, val)
@@ -159,14 +161,14 @@ def resume_check(env: D.DistEnv, run_dir: str) -> dict:
 
     def hook(step, max_steps):
         original(step, max_steps)
-        if step == 3 and env.rank == 1:
-            interrupted.preemption.received = "SIGTERM"
+        if step == 3 and env.rank == 1:  # submitit's requeue signal, to this rank's process only
+            os.kill(os.getpid(), signal.SIGUSR2)
     interrupted.task.on_after_optimizer_step = hook
     stopped = None
     try:
         interrupted.fit(train, val)
     except Preempted as stop:
-        stopped = {"step": stop.global_step, "checkpoint": str(stop.checkpoint)}
+        stopped = {"step": stop.global_step, "checkpoint": str(stop.checkpoint), "signal": stop.signal_name}
     D.barrier()  # rank 0 has written recovery.pt before any rank reads it
     recovery = root / "b" / "checkpoints" / "recovery.pt"
     written = D.gather_objects(sorted(p.name for p in recovery.parent.iterdir()))  # before the resumed run

@@ -104,12 +104,13 @@ def test_finetune_ranks_agree_and_validate_the_whole_set(tmp_path):
 
 
 def test_resume_after_a_signal_on_one_rank_matches_the_straight_run(tmp_path):
-    """Rank 1 alone gets SIGTERM after step 3 (epoch 1 of 2, 5 steps per epoch): both ranks stop at
+    """Rank 1 alone gets SIGUSR2 after step 3 (epoch 1 of 2, 5 steps per epoch): both ranks stop at
     step 3, rank 0 writes recovery.pt, both resume from it and end bit-identical (max |diff| = 0)
     to an uninterrupted 2-rank run, with the same history (train loss over both ranks: recovery.pt
     holds both ranks' running sums and rank 0 alone re-adds them)."""
     result = torchrun("resume", tmp_path)
     assert [s["step"] for s in result["stopped"]] == [3, 3]
+    assert [s["signal"] for s in result["stopped"]] == ["a signal on another rank", "SIGUSR2"]
     assert result["stopped"][0]["checkpoint"].endswith("recovery.pt")
     assert result["files_after_stop"][0] == ["recovery.pt"]
     assert result["max_abs_diff"] == [0.0, 0.0] and result["params_equal_across_ranks"]

@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 
 from cxrssl.engine.batch import StepSums, to_device
 from cxrssl.engine.checkpoint import load_checkpoint
-from cxrssl.engine.distributed import any_rank, average_gradients, broadcast_buffers, sum_over_ranks
+from cxrssl.engine.distributed import any_rank, average_gradients, broadcast_buffers, gather_objects, sum_over_ranks
 from cxrssl.engine.optim import LRSchedule
 from cxrssl.engine.precision import Precision
 from cxrssl.engine.protocol import TrainableTask
@@ -147,7 +147,8 @@ class Trainer:
         bar.close()
         totals, counts = sum_over_ranks(self._sync(sums, synced, epoch, None, log=False), sums.counts)  # DDP: all ranks
         elapsed = time.perf_counter() - start
-        return {**{k: v / max(counts[k], 1) for k, v in totals.items()}, "images_per_s": seen_here / max(elapsed, 1e-9),
+        seen = sum(gather_objects(seen_here))  # torchrun: images/s of all ranks together
+        return {**{k: v / max(counts[k], 1) for k, v in totals.items()}, "images_per_s": seen / max(elapsed, 1e-9),
                 "data_wait_frac": data_wait / max(elapsed, 1e-9), "lr": self.schedule.lrs()["lr"]}
 
     @torch.no_grad()

@@ -6,7 +6,8 @@
 #   3. resume on CUDA after SIGKILL / SIGTERM mid-write, fp16 finetune, evaluate (issue 8 / 11)
 #   4. images/s per self-supervised method next to the supervised step        (issue 10)
 #   5. the phantom's supervised-CNN calibration row: resnet18, 128 px, 100 %   (issue 9)
-# Usage: bash scripts/gpu_session.sh OUTDIR   (MLflow off: the device machine does not have it)
+# Usage: bash scripts/gpu_session.sh OUTDIR [a|b|all]   (a: steps 1-2 and the loader alone; b: 3-5;
+#   MLflow off: the device machine does not have it)
 # Everything is appended to OUTDIR/session.log (the device returns at most 8 files).
 set -u
 OUT=${1:-gpu_session_out}
@@ -23,16 +24,24 @@ step() {  # step NAME SECONDS COMMAND...: run, keep the whole log, print its tai
 }
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee -a "$LOG"
 python3 -c "import torch, timm; print('torch', torch.__version__, 'timm', timm.__version__)" | tee -a "$LOG"
-DATA="mlflow.enabled=false data.synthetic.n_patients=2000 data.synthetic.n_unlabelled_patients=4000 data.synthetic.workers=16"
-step pipeline_cpu_augment 170 python3 scripts/bench_gpu_pipeline.py --models resnet18:256:cl densenet121:128 \
-  --epochs 3 --workers 15 --out /tmp/bench_cpu --extra $DATA
-step pipeline_gpu_augment 150 python3 scripts/bench_gpu_pipeline.py --models resnet18:256:cl densenet121:128 \
-  --epochs 3 --workers 15 --out /tmp/bench_gpu --extra $DATA data.gpu_augment=true
-TAIL=60 step cuda_resume 150 env PRECISION=0 EXTRA="$DATA" bash scripts/gpu_check.sh /tmp/gpu_check
-cat /tmp/gpu_check/resume.txt /tmp/gpu_check/finetune.txt /tmp/gpu_check/evaluate.txt >> "$LOG" 2>/dev/null
-step ssl_methods 70 python3 scripts/bench_ssl.py --device cuda --size 224 --cnn resnet18 --vit vit_small \
-  --batch 64 --steps 10 --warmup 3 --amp bf16
-step phantom_cnn 110 python3 scripts/bench_phantom.py --cnn --out /tmp/phantom backbone=resnet18 \
-  data.image_size=128 data.num_workers=8 data.synthetic.workers=16 trainer.device=cuda trainer.max_epochs=20 \
-  optimizer.lr=1e-3 mlflow.enabled=false
+DATA="mlflow.enabled=false data.synthetic.n_unlabelled_patients=3000 data.synthetic.workers=16"
+PART=${2:-all}
+if [ "$PART" = a ] || [ "$PART" = all ]; then
+  step pipeline_cpu_augment 150 python3 scripts/bench_gpu_pipeline.py --models resnet18:256:cl densenet121:128 \
+    --epochs 3 --workers 15 --out /tmp/bench_cpu --extra $DATA
+  step pipeline_gpu_augment 100 python3 scripts/bench_gpu_pipeline.py --models resnet18:256:cl densenet121:128 \
+    --epochs 3 --workers 15 --out /tmp/bench_gpu --extra $DATA data.gpu_augment=true
+  step loader_only 40 python3 scripts/bench_gpu_pipeline.py --loader-only --models resnet18:256 --workers 15 \
+    --out /tmp/bench_loader --extra $DATA
+  step cuda_tests 40 python3 -m pytest -q -x -p no:cacheprovider tests/data/test_gpu_augment.py -k "cuda or device"
+fi
+if [ "$PART" = b ] || [ "$PART" = all ]; then
+  TAIL=60 step cuda_resume 110 env PRECISION=0 EXTRA="$DATA data.synthetic.n_patients=2000" bash scripts/gpu_check.sh /tmp/gpu_check
+  cat /tmp/gpu_check/resume.txt /tmp/gpu_check/finetune.txt /tmp/gpu_check/evaluate.txt >> "$LOG" 2>/dev/null
+  step ssl_methods 50 python3 scripts/bench_ssl.py --device cuda --size 224 --cnn resnet18 --vit vit_small \
+    --batch 64 --steps 10 --warmup 3 --amp bf16
+  step phantom_cnn 75 python3 scripts/bench_phantom.py --cnn --out /tmp/phantom backbone=resnet18 \
+    data.image_size=128 data.num_workers=8 data.synthetic.workers=16 trainer.device=cuda trainer.max_epochs=20 \
+    optimizer.lr=1e-3 mlflow.enabled=false
+fi
 echo "=== done $(date +%T)" | tee -a "$LOG"

@@ -59,6 +59,37 @@ def test_sync_batchnorm_alone_is_a_logged_no_op():
     assert D.sync_batchnorm(model, False, "cpu", log=lines.append) is model and len(lines) == 1
 
 
+@pytest.mark.parametrize("device_type, cls", [("cpu", "CPUSyncBatchNorm"), ("cuda", "SyncBatchNorm")])
+def test_sync_batchnorm_conversion_keeps_weights_and_frozen_layers(device_type, cls):
+    """The layer swap behind trainer.sync_batchnorm (torch's SyncBatchNorm on CUDA, ours on CPU):
+    running statistics and affine weights carried over (same eval output, same state_dict keys, so
+    checkpoints load into plain BatchNorm), requires_grad kept, and a task's frozen BatchNorm layers
+    (strategy=partial keeps their pretrained statistics in eval) left as they are."""
+    from cxrssl.engine.sync_bn import convert
+    from cxrssl.models import create_encoder
+    from cxrssl.tasks.cardiomegaly import CardiomegalyTask
+    from cxrssl.tasks.imbalance import Imbalance
+
+    torch.manual_seed(0)
+    task = CardiomegalyTask(create_encoder("test_resnet"), Imbalance("none"), strategy="partial", trainable_blocks=1)
+    task.train()
+    task(torch.rand(4, 1, 32, 32))  # non-trivial running statistics
+    task.eval()
+    x = torch.rand(3, 1, 32, 32)
+    before, keys = task(x)["logit"], list(task.state_dict())
+    frozen = {id(m) for m in task._frozen_norms}
+    assert frozen
+    _, n = convert(task, device_type, frozenset(frozen))
+    synced = [m for m in task.modules() if type(m).__name__ == cls]
+    assert n == len(synced) > 0 and not {id(m) for m in synced} & frozen
+    assert all(id(m) in frozen for m in task.modules()
+               if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and type(m).__name__ != cls)
+    assert torch.allclose(task(x)["logit"], before, atol=1e-6) and list(task.state_dict()) == keys
+    task.train()
+    assert all(not m.training for m in task._frozen_norms) and all(m.training for m in synced)
+    assert all(p.requires_grad for m in synced for p in m.parameters())
+
+
 # ---------------------------------------------------------------- 2 ranks
 @pytest.mark.parametrize("name", ["oversample", "undersample"])
 def test_imbalance_samplers_shard_by_rank(quick, name):

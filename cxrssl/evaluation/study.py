@@ -110,19 +110,20 @@ def label_efficiency_figure(table: pd.DataFrame, path: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(8, 5.5))
-    for method, rows in table.groupby("method", sort=True):
+    fig, ax = plt.subplots(figsize=(11, 5.5))
+    colours = plt.get_cmap("tab20").colors  # a colour per method: tab10 repeats after ten rows
+    for i, (method, rows) in enumerate(table.groupby("method", sort=True)):
         rows = rows.sort_values("labelled_patients")
         x = rows["labelled_patients"].astype(float).to_numpy()
-        line, = ax.plot(x, rows["auroc"], marker="o", label=method,
+        line, = ax.plot(x, rows["auroc"], marker="o", label=method, color=colours[(2 * i) % 20 + (2 * i) // 20 % 2],
                         linestyle="--" if "control" in method or "only" in method or "thumbnail" in method else "-")
-        ax.fill_between(x, rows["auroc_lo"], rows["auroc_hi"], color=line.get_color(), alpha=0.12)
+        ax.fill_between(x, rows["auroc_lo"], rows["auroc_hi"], color=line.get_color(), alpha=0.08)
     ax.set_xscale("log")
     ax.set_xlabel("labelled training patients")
     ax.set_ylabel("test AUROC (mean over repeats, 95 % CI over patients and repeats)")
     ax.set_title("Label efficiency")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="lower right")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

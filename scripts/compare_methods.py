@@ -22,6 +22,8 @@ regression) are rows too. Pretext rows are named in the preset (``pretexts``), s
 
     python scripts/compare_methods.py --preset micro --out /tmp/study    # minutes: a smoke test of the harness
     python scripts/compare_methods.py --preset cpu                       # the CPU study (see docs/results.md)
+    python scripts/compare_methods.py --preset cpu_all --out comparison --resume   # + MoCo/BYOL/DINO/MAE rows,
+                                                                                   # reusing the cpu run's encoders
     python scripts/compare_methods.py --preset gpu data=nih data.root=/data/nih
 """
 from __future__ import annotations
@@ -41,16 +43,26 @@ PRESETS = {
     "micro": {"data": ["data.synthetic.n_patients=160", "data.synthetic.n_unlabelled_patients=160",
                        "data.synthetic.native_size=96", "data.image_size=32"],
               "backbone": "tiny", "pretexts": ["recon"], "pretrain_epochs": 1, "fractions": [0.1, 1.0],
-              "repeats": 3, "finetune": [], "steps": 20, "n_boot": 300},
+              "repeats": 3, "finetune": [], "steps": 20, "n_boot": 300,
+              "mae_backbone": ["backbone=vit_tiny", "backbone.timm_kwargs.patch_size=8"]},
     "cpu": {"data": ["data.synthetic.n_patients=600", "data.synthetic.n_unlabelled_patients=1800",
                      "data.synthetic.native_size=128", "data.image_size=64"],
             "backbone": "tiny", "pretexts": ["recon", "age", "sex", "simclr"], "pretrain_epochs": 4,
             "fractions": [0.02, 0.1, 1.0], "repeats": 3, "n_boot": 1000, "steps": 150,
             "finetune": [("random init", "full"), ("recon", "full")]},
+    # the CPU preset plus every self-supervised method as a frozen-probe row (measured separately: the
+    # `cpu` preset's 48.7 min are for its own rows; run with --resume into the cpu run's --out to reuse them)
+    "cpu_all": {"data": ["data.synthetic.n_patients=600", "data.synthetic.n_unlabelled_patients=1800",
+                         "data.synthetic.native_size=128", "data.image_size=64"],
+                "backbone": "tiny", "pretexts": ["recon", "age", "sex", "simclr", "moco", "byol", "dino", "mae"],
+                "pretrain_epochs": 4, "fractions": [0.02, 0.1, 1.0], "repeats": 3, "n_boot": 1000, "steps": 150,
+                "finetune": [("random init", "full"), ("recon", "full")],
+                "mae_backbone": ["backbone=vit_tiny", "backbone.timm_kwargs.patch_size=8"]},
     "gpu": {"data": ["data.synthetic.n_patients=5000", "data.image_size=224", "data.num_workers=8"],
             "backbone": "resnet18", "pretexts": ["recon", "age", "sex", "simclr", "moco", "byol", "dino", "mae"],
             "pretrain_epochs": 30, "fractions": [0.01, 0.03, 0.1, 1.0], "repeats": 5, "n_boot": 2000, "steps": 1500,
-            "finetune": [(p, s) for p in ("random init", "recon", "simclr") for s in ("linear", "partial", "full")]},
+            "finetune": [(p, s) for p in ("random init", "recon", "simclr") for s in ("linear", "partial", "full")],
+            "mae_backbone": ["backbone=vit_small"]},
 }
 RANDOM = "random init"
 PROBE = "linear probe"
@@ -82,10 +94,24 @@ class Study:
         table = prepare_table(cfg.data)
         return cfg, table[table["cardiomegaly"].notna()].reset_index(drop=True)
 
-    def pretrain(self, pretext: str, extra: list[str] = (), common: list[str] | None = None) -> str:
+    def pretrain(self, pretext: str, extra: list[str] = (), common: list[str] | None = None,
+                 name: str | None = None) -> str:
+        """Pretrain one encoder, or (``--resume``) reuse the checkpoint an earlier call recorded in
+        ``pretrained.json`` under the same name; every new checkpoint is recorded at once, so a
+        study cut off by a time limit or a preemption loses at most the encoder in progress."""
+        name = name or pretext
+        record = self.out / "pretrained.json"
+        done = json.loads(record.read_text()) if record.exists() else {}
+        if self.args.resume and name in done and Path(done[name]).is_file():
+            print(f"=== reusing {name}: {done[name]}", flush=True)
+            return done[name]
+        backbone = self.backbone_for(pretext)
         summary = self.run("pretrain", [*(self.common if common is None else common), f"pretext={pretext}",
-                                        f"trainer.max_epochs={self.preset['pretrain_epochs']}", *extra], pretext)
-        return str(summary["checkpoints"]["best"])
+                                        f"trainer.max_epochs={self.preset['pretrain_epochs']}", *backbone, *extra],
+                           name)
+        done[name] = str(summary["checkpoints"]["best"])
+        record.write_text(json.dumps(done, indent=2))
+        return done[name]
 
     def control_checkpoints(self, cfg) -> dict[str, str]:
         """Positive/negative-control encoders, pretrained through data=csv on train + pool with a
@@ -109,14 +135,22 @@ class Study:
         base = [o for o in self.common if not o.startswith("data.")] + [
             "data=csv", f"data.root={root}", "data.resize_mode=stretch", "data.equalize=none",
             "data.pretrain_pool=train", f"data.image_size={cfg.data.image_size}", "data.num_workers=0"]
-        return {f"{'positive control'} (CTR regression)": self.pretrain("age", [f"data.csv={out / 'positive.csv'}"], base),
-                f"{'negative control'} (random labels)": self.pretrain("sex", [f"data.csv={out / 'negative.csv'}"], base)}
+        positive, negative = "positive control (CTR regression)", "negative control (random labels)"
+        return {positive: self.pretrain("age", [f"data.csv={out / 'positive.csv'}"], base, positive),
+                negative: self.pretrain("sex", [f"data.csv={out / 'negative.csv'}"], base, negative)}
 
-    def embeddings(self, cfg, table: pd.DataFrame, checkpoint: str | None) -> np.ndarray:
+    def backbone_for(self, pretext: str) -> list[str]:
+        """MAE needs a ViT (``mae_backbone`` of the preset); every other pretext uses the preset's CNN."""
+        return list(self.preset.get("mae_backbone", ["backbone=vit_tiny"])) if pretext == "mae" else []
+
+    def embeddings(self, cfg, table: pd.DataFrame, checkpoint: str | None, pretext: str = "") -> np.ndarray:
         import torch
 
         from cxrssl.commands.probe_embed import extract_embeddings
         from cxrssl.models.loading import load_encoder
+
+        if self.backbone_for(pretext):
+            cfg = compose_config("finetune", [*self.common, *self.backbone_for(pretext)])
 
         encoder, _ = load_encoder(cfg.backbone, checkpoint or "none", cfg.mlflow.get("tracking_uri"))
         torch.manual_seed(0)
@@ -184,9 +218,14 @@ def main() -> None:
     parser.add_argument("--preset", choices=sorted(PRESETS), default="cpu")
     parser.add_argument("--out", type=Path, default=Path("comparison"))
     parser.add_argument("--repeats", type=int, help="override the preset's repeats")
+    parser.add_argument("--pretexts", help="comma-separated pretexts instead of the preset's list (e.g. simclr,mae)")
+    parser.add_argument("--resume", action="store_true",
+                        help="reuse the encoders recorded in OUT/pretrained.json by an earlier call (same preset data)")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides for every run")
     args = parser.parse_args()
     preset = dict(PRESETS[args.preset])
+    if args.pretexts:
+        preset["pretexts"] = [p.strip() for p in args.pretexts.split(",") if p.strip()]
     start = time.perf_counter()
     study = Study(args, preset)
     study.out.mkdir(parents=True, exist_ok=True)
@@ -202,13 +241,12 @@ def main() -> None:
     synthetic = str(cfg.data.source) == "synthetic"
     if synthetic:
         checkpoints.update(study.control_checkpoints(cfg))
-    (study.out / "pretrained.json").write_text(json.dumps(checkpoints, indent=2))
 
     y = table["cardiomegaly"].to_numpy(float)
     test = table["split"].eq("test").to_numpy()
     features = {f"{RANDOM} → {PROBE}": study.embeddings(cfg, table, None)}
     for name, path in checkpoints.items():
-        features[f"{name} → {PROBE}"] = study.embeddings(cfg, table, path)
+        features[f"{name} → {PROBE}"] = study.embeddings(cfg, table, path, name)
     features["age only (logistic regression)"] = table[["age"]].to_numpy(float)
     features["16×16 thumbnail logistic regression"] = _thumbnails(table["path"])
     cells: dict = {}

@@ -41,16 +41,18 @@ def data_cfg(workers):
                                          "brightness_contrast": 0.2}})
 
 
-def trainer_for(run_dir, table, max_epochs=2, workers=2, **cfg):
+def trainer_for(run_dir, table, max_epochs=2, workers=2, data=None, batch_transform=None, **cfg):
+    """The engine on `table` (tests/engine/test_gpu_augment_resume.py passes its own data config and
+    the device-side augmentation as `batch_transform`)."""
     seed_everything(0)
-    loaders = build_dataloaders(data_cfg(workers), table, seed=0, splits=("train", "val"))
+    loaders = build_dataloaders(data_cfg(workers) if data is None else data, table, seed=0, splits=("train", "val"))
     task = AgeTask(create_encoder("test_resnet"), train_mean_age=50.0, dropout=0.2)
     opt = build_optimizer({"name": "adamw", "lr": 3e-3, "weight_decay": 0.01}, task.optimizer_groups(0.01))
     schedule = LRSchedule(opt, {"name": "cosine", "warmup_epochs": 1}, len(loaders["train"]), max_epochs)
     trainer_cfg = {"max_epochs": max_epochs, "seed": 0, "progress": False, "log_every_n_steps": 2,
                    "grad_clip_norm": 1.0, **cfg}
     trainer = Trainer(task, opt, schedule, resolve_precision("cpu", "off"), trainer_cfg, run_dir, NullTracker(),
-                      "cfg: 1", {"command": "test"})
+                      "cfg: 1", {"command": "test"}, batch_transform=batch_transform)
     return trainer, loaders
 
 

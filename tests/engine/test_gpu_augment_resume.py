@@ -13,14 +13,9 @@ from omegaconf import OmegaConf
 from cxrssl.data.gpu_augment import TrainBatchAugment
 from cxrssl.data.loaders import build_dataloaders
 from cxrssl.engine.checkpoint import find_resume_checkpoint
-from cxrssl.engine.loop import Preempted, Trainer
-from cxrssl.engine.optim import LRSchedule, build_optimizer
-from cxrssl.engine.precision import resolve_precision
-from cxrssl.engine.seed import seed_everything
-from cxrssl.models import create_encoder
-from cxrssl.tasks.age import AgeTask
-from cxrssl.tracking import NullTracker
+from cxrssl.engine.loop import Preempted
 from tests.engine.test_exact_resume import StopAt, assert_same_run, table  # noqa: F401 (fixture)
+from tests.engine.test_exact_resume import trainer_for as exact_trainer_for
 
 pytest.importorskip("kornia")
 
@@ -32,16 +27,8 @@ def data_cfg(enabled=True):
 
 
 def trainer_for(run_dir, table, max_epochs=2, enabled=True, **cfg):
-    seed_everything(0)
-    loaders = build_dataloaders(data_cfg(enabled), table, seed=0, splits=("train", "val"))
-    task = AgeTask(create_encoder("test_resnet"), train_mean_age=50.0, dropout=0.2)
-    opt = build_optimizer({"name": "adamw", "lr": 3e-3, "weight_decay": 0.01}, task.optimizer_groups(0.01))
-    schedule = LRSchedule(opt, {"name": "cosine", "warmup_epochs": 1}, len(loaders["train"]), max_epochs)
-    trainer_cfg = {"max_epochs": max_epochs, "seed": 0, "progress": False, "log_every_n_steps": 2,
-                   "grad_clip_norm": 1.0, **cfg}
-    trainer = Trainer(task, opt, schedule, resolve_precision("cpu", "off"), trainer_cfg, run_dir, NullTracker(),
-                      "cfg: 1", {"command": "test"}, batch_transform=TrainBatchAugment(data_cfg(enabled), seed=0))
-    return trainer, loaders
+    return exact_trainer_for(run_dir, table, max_epochs, data=data_cfg(enabled),
+                             batch_transform=TrainBatchAugment(data_cfg(enabled), seed=0), **cfg)
 
 
 def test_loaders_deliver_uint8_train_and_float_val(table):

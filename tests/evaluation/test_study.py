@@ -65,6 +65,9 @@ def test_verdict_warns_underpowered_and_biased(study):
     verdict = harness_verdict(summarise_cells(swapped, y, codes, n_boot=300))
     assert not verdict["positive_separates"] and verdict["negative_separates"]
     assert any("UNDERPOWERED" in w for w in verdict["warnings"]) and any("BIASED" in w for w in verdict["warnings"])
+    fractions = sorted({float(c["fraction"]) for c in swapped if c["method"].startswith("negative")})
+    assert verdict["negative_separates_at"] == fractions  # the strong negative control separates everywhere
+    assert any(w.startswith("BIASED at label fraction " + ", ".join(f"{f:g}" for f in fractions)) for w in verdict["warnings"])
 
 
 def test_markdown_and_figure(study, tmp_path):

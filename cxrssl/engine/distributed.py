@@ -32,6 +32,7 @@ non-zero; `init_from_env(timeout_s=...)` bounds how long a collective waits for 
 """
 from __future__ import annotations
 
+import atexit
 import datetime
 import math
 import os
@@ -87,6 +88,10 @@ def init_from_env(device: str = "auto", timeout_s: float = 1800.0) -> DistEnv:
                                "lower torchrun --nproc_per_node")
         torch.cuda.set_device(env.local_rank)
     dist.init_process_group(backend=backend, timeout=datetime.timedelta(seconds=timeout_s))
+    # Leave the group before the interpreter tears down: a rank that exited with the group still up
+    # (gloo's threads joinable) died in std::terminate, "terminate called without an active exception",
+    # exit -6, and torchrun reported the whole run failed (seen once in a full suite run).
+    atexit.register(destroy)
     return env
 
 

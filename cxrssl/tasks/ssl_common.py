@@ -109,6 +109,12 @@ def knn_cv_score(embeddings: np.ndarray, target: np.ndarray, kind: str, k: int =
     return float(r2_score(y, pred))
 
 
+def warn_collapse(message: str) -> None:
+    """A collapse warning both as a RuntimeWarning (tests, filters) and on the console (runs)."""
+    warnings.warn(message, RuntimeWarning, stacklevel=3)
+    print(f"WARNING: {message}", flush=True)
+
+
 class EmbeddingMonitor:
     """Collects frozen validation embeddings and labels during a validation epoch; at its end
     returns collapse statistics and kNN scores, and warns when the embedding collapses."""
@@ -156,8 +162,7 @@ class EmbeddingMonitor:
                        f"{self.collapse_std}), effective rank {stats['eff_rank']:.3g} of {emb.shape[1]} "
                        f"(warn below {self.collapse_rank}); lower the LR, raise the temperature or "
                        "check the momentum schedule")
-            warnings.warn(message, RuntimeWarning, stacklevel=2)
-            print(f"WARNING: {message}", flush=True)
+            warn_collapse(message)
         return out
 
 

@@ -81,14 +81,20 @@ def test_augmented_batches_do_not_depend_on_workers_or_history(table):
     assert not torch.equal(epoch_batch(0, 2), reference)  # and it does change with the epoch
 
 
-def test_one_plus_one_epochs_equal_two_straight_epochs_with_workers(table, tmp_path):
-    straight, loaders = trainer_for(tmp_path / "a", table)
+def straight_and_resumed(make, tmp_path) -> tuple[Trainer, Trainer]:
+    """Two straight epochs, and 1 epoch + `resume` from its last.pt; `make(run_dir, **kw)` builds a
+    (trainer, loaders) pair (shared with tests/engine/test_gpu_augment_resume.py)."""
+    straight, loaders = make(tmp_path / "a")
     straight.fit(loaders["train"], loaders["val"])
-    first, loaders = trainer_for(tmp_path / "b", table, max_epochs=1)
+    first, loaders = make(tmp_path / "b", max_epochs=1)
     first.fit(loaders["train"], loaders["val"])
-    second, loaders = trainer_for(tmp_path / "b", table)
+    second, loaders = make(tmp_path / "b")
     second.fit(loaders["train"], loaders["val"], resume_from=tmp_path / "b" / "checkpoints" / "last.pt")
-    assert_same_run(straight, second)
+    return straight, second
+
+
+def test_one_plus_one_epochs_equal_two_straight_epochs_with_workers(table, tmp_path):
+    assert_same_run(*straight_and_resumed(lambda run, **kw: trainer_for(run, table, **kw), tmp_path))
 
 
 class StopAt:

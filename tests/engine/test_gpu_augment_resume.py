@@ -15,7 +15,7 @@ from cxrssl.data.loaders import build_dataloaders
 from cxrssl.engine.checkpoint import find_resume_checkpoint
 from cxrssl.engine.loop import Preempted
 from tests.engine.test_exact_resume import StopAt, assert_same_run, table  # noqa: F401 (fixture)
-from tests.engine.test_exact_resume import trainer_for as exact_trainer_for
+from tests.engine.test_exact_resume import straight_and_resumed, trainer_for as exact_trainer_for
 
 pytest.importorskip("kornia")
 
@@ -39,12 +39,7 @@ def test_loaders_deliver_uint8_train_and_float_val(table):
 
 
 def test_one_plus_one_epochs_equal_two_straight_epochs(table, tmp_path):
-    straight, loaders = trainer_for(tmp_path / "a", table)
-    straight.fit(loaders["train"], loaders["val"])
-    first, loaders = trainer_for(tmp_path / "b", table, max_epochs=1)
-    first.fit(loaders["train"], loaders["val"])
-    second, loaders = trainer_for(tmp_path / "b", table)
-    second.fit(loaders["train"], loaders["val"], resume_from=tmp_path / "b" / "checkpoints" / "last.pt")
+    straight, second = straight_and_resumed(lambda run, **kw: trainer_for(run, table, **kw), tmp_path)
     assert_same_run(straight, second)
     plain, loaders = trainer_for(tmp_path / "c", table, enabled=False)  # the augmentation did change training
     plain.fit(loaders["train"], loaders["val"])

@@ -39,31 +39,28 @@ import pandas as pd
 
 from cxrssl.commands.inprocess import compose_config, run_command
 
+SMALL_VIT = ["backbone=vit_tiny", "backbone.timm_kwargs.patch_size=8"]  # MAE at 32-64 px: 8-pixel patches
 PRESETS = {
     "micro": {"data": ["data.synthetic.n_patients=160", "data.synthetic.n_unlabelled_patients=160",
                        "data.synthetic.native_size=96", "data.image_size=32"],
               "backbone": "tiny", "pretexts": ["recon"], "pretrain_epochs": 1, "fractions": [0.1, 1.0],
               "repeats": 3, "finetune": [], "steps": 20, "n_boot": 300,
-              "mae_backbone": ["backbone=vit_tiny", "backbone.timm_kwargs.patch_size=8"]},
+              "mae_backbone": SMALL_VIT},
     "cpu": {"data": ["data.synthetic.n_patients=600", "data.synthetic.n_unlabelled_patients=1800",
                      "data.synthetic.native_size=128", "data.image_size=64"],
             "backbone": "tiny", "pretexts": ["recon", "age", "sex", "simclr"], "pretrain_epochs": 4,
             "fractions": [0.02, 0.1, 1.0], "repeats": 3, "n_boot": 1000, "steps": 150,
             "finetune": [("random init", "full"), ("recon", "full")]},
-    # the CPU preset plus every self-supervised method as a frozen-probe row (measured separately: the
-    # `cpu` preset's 48.7 min are for its own rows; run with --resume into the cpu run's --out to reuse them)
-    "cpu_all": {"data": ["data.synthetic.n_patients=600", "data.synthetic.n_unlabelled_patients=1800",
-                         "data.synthetic.native_size=128", "data.image_size=64"],
-                "backbone": "tiny", "pretexts": ["recon", "age", "sex", "simclr", "moco", "byol", "dino", "mae"],
-                "pretrain_epochs": 4, "fractions": [0.02, 0.1, 1.0], "repeats": 3, "n_boot": 1000, "steps": 150,
-                "finetune": [("random init", "full"), ("recon", "full")],
-                "mae_backbone": ["backbone=vit_tiny", "backbone.timm_kwargs.patch_size=8"]},
     "gpu": {"data": ["data.synthetic.n_patients=5000", "data.image_size=224", "data.num_workers=8"],
             "backbone": "resnet18", "pretexts": ["recon", "age", "sex", "simclr", "moco", "byol", "dino", "mae"],
             "pretrain_epochs": 30, "fractions": [0.01, 0.03, 0.1, 1.0], "repeats": 5, "n_boot": 2000, "steps": 1500,
             "finetune": [(p, s) for p in ("random init", "recon", "simclr") for s in ("linear", "partial", "full")],
             "mae_backbone": ["backbone=vit_small"]},
 }
+# the CPU preset plus every self-supervised method as a frozen-probe row (the `cpu` preset's measured
+# 48.7 min are for its own rows; run with --resume into the cpu run's --out to reuse its encoders)
+PRESETS["cpu_all"] = {**PRESETS["cpu"], "pretexts": [*PRESETS["cpu"]["pretexts"], "moco", "byol", "dino", "mae"],
+                      "mae_backbone": SMALL_VIT}
 RANDOM = "random init"
 PROBE = "linear probe"
 

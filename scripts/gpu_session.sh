@@ -24,19 +24,21 @@ step() {  # step NAME SECONDS COMMAND...: run, keep the whole log, print its tai
 }
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee -a "$LOG"
 python3 -c "import torch, timm; print('torch', torch.__version__, 'timm', timm.__version__)" | tee -a "$LOG"
-DATA="mlflow.enabled=false data.synthetic.n_unlabelled_patients=3000 data.synthetic.workers=16"
+# Small phantoms at 128 px (upscaled to 224): on 2026-11-27 drawing 12.5k phantoms at 256 px on the
+# device outlasted every step's time box; 800 + 800 patients at 128 px (3.3k training images) fit.
+DATA="mlflow.enabled=false data.synthetic.native_size=128 data.synthetic.n_unlabelled_patients=800 data.synthetic.workers=16"
 PART=${2:-all}
 if [ "$PART" = a ] || [ "$PART" = all ]; then
   step pipeline_cpu_augment 150 python3 scripts/bench_gpu_pipeline.py --models resnet18:256:cl densenet121:128 \
-    --epochs 3 --workers 15 --out /tmp/bench_cpu --extra $DATA
+    --patients 800 --epochs 3 --workers 15 --out /tmp/bench_cpu --extra $DATA
   step pipeline_gpu_augment 100 python3 scripts/bench_gpu_pipeline.py --models resnet18:256:cl densenet121:128 \
-    --epochs 3 --workers 15 --out /tmp/bench_gpu --extra $DATA data.gpu_augment=true
-  step loader_only 40 python3 scripts/bench_gpu_pipeline.py --loader-only --models resnet18:256 --workers 15 \
+    --patients 800 --epochs 3 --workers 15 --out /tmp/bench_gpu --extra $DATA data.gpu_augment=true
+  step loader_only 40 python3 scripts/bench_gpu_pipeline.py --loader-only --models resnet18:256 --patients 800 --workers 15 \
     --out /tmp/bench_loader --extra $DATA
   step cuda_tests 40 python3 -m pytest -q -x -p no:cacheprovider tests/data/test_gpu_augment.py -k "cuda or device"
 fi
 if [ "$PART" = b ] || [ "$PART" = all ]; then
-  TAIL=60 step cuda_resume 110 env PRECISION=0 EXTRA="$DATA data.synthetic.n_patients=2000" bash scripts/gpu_check.sh /tmp/gpu_check
+  TAIL=60 step cuda_resume 110 env PRECISION=0 EXTRA="$DATA data.synthetic.n_patients=800" bash scripts/gpu_check.sh /tmp/gpu_check
   cat /tmp/gpu_check/resume.txt /tmp/gpu_check/finetune.txt /tmp/gpu_check/evaluate.txt >> "$LOG" 2>/dev/null
   step ssl_methods 50 python3 scripts/bench_ssl.py --device cuda --size 224 --cnn resnet18 --vit vit_small \
     --batch 64 --steps 10 --warmup 3 --amp bf16

@@ -10,7 +10,6 @@ Only the main process (rank 0) writes files or talks to the tracker.
 from __future__ import annotations
 
 import math
-import shutil
 import time
 import warnings
 from contextlib import contextmanager

@@ -206,6 +206,7 @@ def main() -> int:
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--amp", default="bf16")
     parser.add_argument("--profile", type=int, default=0, help="N > 0: a profiled run of N steps per model")
+    parser.add_argument("--profile-only", action="store_true", help="only the profiled runs (no timing runs)")
     parser.add_argument("--no-cpu-augment-rows", action="store_true", help="only data.gpu_augment=true runs")
     parser.add_argument("--cpu-augment-limit", type=int, default=80, help="batches per epoch of the CPU-augmentation runs")
     parser.add_argument("--device", default="cuda", help=argparse.SUPPRESS)  # cpu: smoke test of this script
@@ -235,9 +236,9 @@ def main() -> int:
     for spec in args.models:
         name, batch, cl, limit = parse_spec(spec)
         common = base_overrides(name, batch, limit, cl, args, data)
-        alone = model_alone(common, batch, args.size, args.amp, cl, out, args.device)
         label = f"{name} (batch {batch}{', channels_last' if cl else ''})"
-        modes = ["true"] + ([] if args.no_cpu_augment_rows else ["false"])
+        modes = [] if args.profile_only else ["true"] + ([] if args.no_cpu_augment_rows else ["false"])
+        alone = model_alone(common, batch, args.size, args.amp, cl, out, args.device) if modes else None
         for gpu in modes:
             cpu_limit = min(limit or args.cpu_augment_limit, args.cpu_augment_limit)
             overrides = common if gpu == "true" else base_overrides(name, batch, cpu_limit, cl, args, data)
@@ -251,7 +252,7 @@ def main() -> int:
             from cxrssl.engine.profiling import format_summary
 
             summary = profiled([*common, "data.gpu_augment=true"], args.profile, out / f"{name}_{batch}_profile")
-            print(f"{label} gpu_augment=true {format_summary(summary, top=6)}", flush=True)
+            print(f"{label} gpu_augment=true {format_summary(summary, top=6)}\n{json.dumps(summary)}", flush=True)
     print(f"\n(CPU-augmentation rows: {args.cpu_augment_limit} batches per epoch)")
     print("\n| model | data.gpu_augment | model alone (img/s) | `cxrssl pretrain`, epochs 2+ (img/s) | ratio "
           "| data-wait share | first-batch wait |\n|---|---|---|---|---|---|---|")

@@ -20,6 +20,7 @@ lower bound for an unprofiled run; gaps attributed to the DataLoader or to syncs
 """
 from __future__ import annotations
 
+import bisect
 import json
 from pathlib import Path
 from typing import Any
@@ -49,38 +50,77 @@ def _label(name: str) -> str:
     return name
 
 
-def summarise_trace(events: list[dict[str, Any]], min_gap_ms: float = 0.05) -> dict[str, Any]:
+def _top_level(events: list[dict[str, Any]]) -> list[tuple[float, float, str]]:
+    """The outermost ops of one thread as disjoint (start, end, name), sorted."""
+    out: list[tuple[float, float, str]] = []
+    for e in sorted(events, key=lambda e: (float(e["ts"]), -float(e["dur"]))):
+        a, b = float(e["ts"]), float(e["ts"]) + float(e["dur"])
+        if not out or a >= out[-1][1]:
+            out.append((a, b, str(e["name"])))
+    return out
+
+
+def _overlapping(spans: list[tuple[float, float, str]], starts: list[float], a: float, b: float, longest: float):
+    """(overlap, name) of the spans (sorted by start, none longer than `longest`) that overlap [a, b]."""
+    i = bisect.bisect_left(starts, a - longest)
+    while i < len(spans) and spans[i][0] < b:
+        overlap = min(b, spans[i][1]) - max(a, spans[i][0])
+        if overlap > 0:
+            yield overlap, spans[i][2]
+        i += 1
+
+
+def summarise_trace(events: list[dict[str, Any]], min_gap_ms: float = 0.05, top: int = 8) -> dict[str, Any]:
     """Chrome-trace events (``ph == "X"``, times in µs) → the summary described in the module doc."""
     complete = [e for e in events if e.get("ph") == "X" and "ts" in e and "dur" in e]
     steps = [e for e in complete if str(e.get("name", "")).startswith("ProfilerStep#")]
-    device = [(float(e["ts"]), float(e["ts"]) + float(e["dur"])) for e in complete
-              if str(e.get("cat", "")).lower() in DEVICE_CATEGORIES]
-    host = [e for e in complete if str(e.get("cat", "")).lower() in ("user_annotation", "cuda_runtime", "cpu_op")
-            and not str(e.get("name", "")).startswith("ProfilerStep#")]
     if not steps:
         return {"steps": 0}
+    main_tid = steps[0].get("tid")
+    device_events = [e for e in complete if str(e.get("cat", "")).lower() in DEVICE_CATEGORIES]
+    device = [(float(e["ts"]), float(e["ts"]) + float(e["dur"])) for e in device_events]
+    host = [e for e in complete if str(e.get("cat", "")).lower() in ("user_annotation", "cuda_runtime", "cpu_op")
+            and not str(e.get("name", "")).startswith("ProfilerStep#")]
     start = min(float(e["ts"]) for e in steps)
     host_end = max(float(e["ts"]) + float(e["dur"]) for e in steps)
     end = max([host_end] + [b for _, b in device])
     window = max(end - start, 1e-9)
-    loader = _union([(max(float(e["ts"]), start), min(float(e["ts"]) + float(e["dur"]), host_end)) for e in host
-                     if "dataloader" in str(e.get("name", "")).lower()])
-    out: dict[str, Any] = {"steps": len(steps), "window_ms": window / 1e3,
-                           "host_dataloader_frac": sum(b - a for a, b in loader if b > a) / window}
+    named = sorted((float(e["ts"]), float(e["ts"]) + float(e["dur"]), _label(str(e["name"]))) for e in host
+                   if _label(str(e["name"])) != str(e["name"]))
+    loader = _union([(max(a, start), min(b, host_end)) for a, b, label in named if label.startswith("waiting")])
+    cpu_ops = [e for e in host if str(e.get("cat", "")).lower() == "cpu_op"]
+    main_ops = _top_level([e for e in cpu_ops if e.get("tid") == main_tid])
+    # every thread's outermost ops: on CUDA the backward pass runs on autograd's device thread
+    ops = sorted(op for tid in {e.get("tid") for e in cpu_ops} for op in _top_level([e for e in cpu_ops if e.get("tid") == tid]))
+    host_ops: dict[str, float] = {}
+    for a, b, name in main_ops:
+        if b > start:
+            host_ops[name] = host_ops.get(name, 0.0) + (min(b, end) - max(a, start)) / 1e3
+    out: dict[str, Any] = {
+        "steps": len(steps), "window_ms": window / 1e3, "step_ms": window / 1e3 / len(steps),
+        "host_dataloader_frac": sum(b - a for a, b in loader if b > a) / window,
+        "host_ops_busy_frac": sum(host_ops.values()) * 1e3 / window,  # main thread inside some op
+        "top_host_ops": [{"name": n, "ms": v} for n, v in sorted(host_ops.items(), key=lambda kv: -kv[1])[:top]]}
     if not device:
-        return {**out, "gpu_busy_frac": None, "gaps": []}
+        return {**out, "gpu_busy_frac": None, "gaps": [], "top_kernels": []}
     busy = _union([(max(a, start), min(b, end)) for a, b in device if b > start])
     out["gpu_busy_frac"] = sum(b - a for a, b in busy) / window
+    kernels: dict[str, float] = {}
+    for e in device_events:
+        kernels[str(e["name"])] = kernels.get(str(e["name"]), 0.0) + float(e["dur"])
+    out["top_kernels"] = [{"name": n[:120], "share_of_window": v / window}
+                          for n, v in sorted(kernels.items(), key=lambda kv: -kv[1])[:top]]
     idle = [(a, b) for a, b in zip([start] + [b for _, b in busy], [a for a, _ in busy] + [end])
             if b - a >= min_gap_ms * 1e3]
+    named_starts, op_starts = [a for a, _, _ in named], [a for a, _, _ in ops]
+    longest_named = max((b - a for a, b, _ in named), default=0.0)
+    longest_op = max((b - a for a, b, _ in ops), default=0.0)
     by_cause: dict[str, list[float]] = {}
     for a, b in idle:
-        overlaps = [(min(b, float(e["ts"]) + float(e["dur"])) - max(a, float(e["ts"])), e) for e in host]
-        overlaps = [(o, e) for o, e in overlaps if o > 0]
         # a named wait (DataLoader, sync) explains a gap before the op that happens to enclose it
-        named = [(o, e) for o, e in overlaps if _label(str(e["name"])) != str(e["name"])]
-        pick = max(named or overlaps, key=lambda oe: oe[0], default=None)
-        cause = _label(str(pick[1]["name"])) if pick else "host idle (nothing recorded)"
+        pick = max(_overlapping(named, named_starts, a, b, longest_named), default=None)
+        pick = pick or max(_overlapping(ops, op_starts, a, b, longest_op), default=None)
+        cause = pick[1] if pick else "host idle (nothing recorded)"
         by_cause.setdefault(cause, []).append((b - a) / 1e3)
     out["gaps"] = sorted(({"cause": c, "count": len(v), "total_ms": sum(v), "share_of_window": sum(v) * 1e3 / window}
                           for c, v in by_cause.items()), key=lambda g: -g["total_ms"])
@@ -91,7 +131,7 @@ def format_summary(summary: dict[str, Any], top: int = 4) -> str:
     if not summary.get("steps"):
         return "profile: no step was recorded"
     busy = summary.get("gpu_busy_frac")
-    text = (f"profile: {summary['steps']} steps in {summary['window_ms']:.0f} ms | "
+    text = (f"profile: {summary['steps']} steps in {summary['window_ms']:.0f} ms ({summary['step_ms']:.1f} ms/step) | "
             f"host blocked in the DataLoader {summary['host_dataloader_frac']:.1%}")
     if busy is not None:
         text += f" | GPU busy {busy:.1%}"

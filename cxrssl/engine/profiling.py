@@ -73,7 +73,8 @@ def _overlapping(spans: list[tuple[float, float, str]], starts: list[float], a: 
 def summarise_trace(events: list[dict[str, Any]], min_gap_ms: float = 0.05, top: int = 8) -> dict[str, Any]:
     """Chrome-trace events (``ph == "X"``, times in µs) → the summary described in the module doc."""
     complete = [e for e in events if e.get("ph") == "X" and "ts" in e and "dur" in e]
-    steps = [e for e in complete if str(e.get("name", "")).startswith("ProfilerStep#")]
+    steps = [e for e in complete if str(e.get("name", "")).startswith("ProfilerStep#")
+             and str(e.get("cat", "")).lower() == "user_annotation"]  # not the device-side copies
     if not steps:
         return {"steps": 0}
     main_tid = steps[0].get("tid")
@@ -117,9 +118,11 @@ def summarise_trace(events: list[dict[str, Any]], min_gap_ms: float = 0.05, top:
     longest_op = max((b - a for a, b, _ in ops), default=0.0)
     by_cause: dict[str, list[float]] = {}
     for a, b in idle:
-        # a named wait (DataLoader, sync) explains a gap before the op that happens to enclose it
+        # a named wait (DataLoader, sync) that covers most of the gap explains it before the op that
+        # happens to enclose it; a 2 µs .item() on a CPU tensor inside a 4 ms gap does not
         pick = max(_overlapping(named, named_starts, a, b, longest_named), default=None)
-        pick = pick or max(_overlapping(ops, op_starts, a, b, longest_op), default=None)
+        if pick is None or pick[0] < 0.5 * (b - a):
+            pick = max(_overlapping(ops, op_starts, a, b, longest_op), default=None)
         cause = pick[1] if pick else "host idle (nothing recorded)"
         by_cause.setdefault(cause, []).append((b - a) / 1e3)
     out["gaps"] = sorted(({"cause": c, "count": len(v), "total_ms": sum(v), "share_of_window": sum(v) * 1e3 / window}

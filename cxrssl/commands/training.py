@@ -6,6 +6,7 @@ MLflow, checkpoints, summary.json) happens once, here.
 from __future__ import annotations
 
 import math
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -115,24 +116,32 @@ def _lr_range_test(cfg: DictConfig, task: Task, optimizer, loaders: dict, precis
     found = find_lr_for_run(OmegaConf.to_container(cfg.lr_finder, resolve=True), task, optimizer, loaders["train"],
                             precision, tracker, run_dir, cfg.trainer.get("grad_clip_norm"), batch_transform)
     found = distributed.broadcast_object(found)  # torchrun: every rank applies rank 0's suggestion
-    if mode == "apply":
+    if mode == "apply" and found["suggested_lr"] is None:  # a flat curve: its "suggestion" would be noise
+        warnings.warn(f"lr_find=apply: {found['message']} — training at optimizer.lr={float(cfg.optimizer.lr):.3g}",
+                      RuntimeWarning, stacklevel=2)
+    elif mode == "apply":
         apply_lr(optimizer, found["suggested_lr"])
         tracker.log_params({"lr_find.applied_lr": found["suggested_lr"]})
     return {**found, "mode": mode}
 
 
-def report_lr_find(cfg: DictConfig, tracker, run_dir: Path, found: dict[str, Any]) -> float:
-    """lr_find=true ends here: summary.json with the curve's suggestions; returns the suggested LR."""
+def report_lr_find(cfg: DictConfig, tracker, run_dir: Path, found: dict[str, Any]) -> float | None:
+    """lr_find=true ends here: summary.json with the curve's suggestions; returns the suggested LR
+    (None when the curve was flat and nothing is suggested)."""
     from cxrssl.commands.report import finish_run
 
     command = str(cfg.command)
-    finish_run(cfg, tracker, run_dir, {"lr_find": found},
-               [f"{command} LR range test: suggested optimizer.lr={found['suggested_lr']:.3g} ({found['suggestion']}; "
-                f"steepest {found['steepest']:.3g}, min/10 {found['min_div_10']:.3g})",
-                f"plot:        {found['plot']}",
-                f"next:        cxrssl {command} optimizer.lr={found['suggested_lr']:.3g}   (or lr_find=apply)"],
-               [])  # the curve and plot are already logged under lr_find/
-    return float(found["suggested_lr"])
+    lr = found["suggested_lr"]
+    if lr is None:
+        lines = [f"{command} LR range test: {found['message']}",
+                 f"plot:        {found['plot']}   (steepest {found['steepest']:.3g}, min/10 {found['min_div_10']:.3g}: not used)"]
+    else:
+        lines = [f"{command} LR range test: suggested optimizer.lr={lr:.3g} ({found['suggestion']}; "
+                 f"steepest {found['steepest']:.3g}, min/10 {found['min_div_10']:.3g})",
+                 f"plot:        {found['plot']}",
+                 f"next:        cxrssl {command} optimizer.lr={lr:.3g}   (or lr_find=apply)"]
+    finish_run(cfg, tracker, run_dir, {"lr_find": found}, lines, [])  # curve and plot already logged under lr_find/
+    return None if lr is None else float(lr)
 
 
 def check_outputs(run_dir: Path) -> None:

@@ -6,6 +6,13 @@ record an exponentially smoothed (bias-corrected) loss; stop once it diverges. T
 * ``steepest``: the LR where the smoothed loss falls fastest against log(LR);
 * ``min_div_10``: the LR of the smoothed minimum divided by 10 (the fastai "min/10" rule).
 
+Neither is offered when the curve has no descent to speak of: when the smoothed loss falls by less
+than ``lr_finder.min_drop`` (default 5 %) of its level from the highest point before its minimum to
+the minimum, the "steepest" point is noise. On the default data (age pretext, resnet18, 64 px) the
+curve is flat from 1e-7 to ~1e-3 and then rises: steepest said 1.25e-6, a thousand times below the
+LR that trains. The test then reports no suggestion, the LR where the loss starts to rise (an upper
+bound), and `lr_find=apply` keeps the configured `optimizer.lr`.
+
 The test must not leave a trace on the real run, so everything it touches is snapshotted with
 deep copies first (``state_dict()`` returns live references to the very tensors the optimizer
 updates) and restored afterwards: model weights and buffers (BatchNorm statistics), optimizer state
@@ -27,6 +34,7 @@ import torch
 from cxrssl.engine.seed import rng_state, set_rng_state
 
 SUGGESTIONS = ("steepest", "min_div_10")
+RISE = 0.2  # the loss has clearly turned up once its running median is 20 % above its minimum
 
 
 @dataclass
@@ -37,19 +45,35 @@ class LRFindResult:
     diverged: bool = False
     steepest: float | None = None
     min_div_10: float | None = None
+    drop: float | None = None      # relative fall of the smoothed loss before its minimum
+    rise_lr: float | None = None   # first LR from which the loss stays clearly (RISE) above its minimum
+    min_drop: float = 0.05
 
-    def suggestion(self, rule: str = "steepest") -> float:
+    @property
+    def flat(self) -> bool:
+        """No descent worth the name: the suggestions would be noise."""
+        return self.drop is not None and self.drop < self.min_drop
+
+    def suggestion(self, rule: str = "steepest") -> float | None:
+        """The chosen rule's LR, or None for a flat curve (see `flat_message`)."""
         if rule not in SUGGESTIONS:
             raise ValueError(f"lr_finder.suggestion={rule!r}: expected one of {', '.join(SUGGESTIONS)}")
         value = getattr(self, rule)
         if value is None:
             raise RuntimeError(f"the LR range test recorded only {len(self.lrs)} steps: too few to suggest an LR; "
                                "raise lr_finder.num_steps or lower lr_finder.start_lr")
-        return value
+        return None if self.flat else value
+
+    def flat_message(self) -> str:
+        rise = f"; the loss starts to rise at ~{self.rise_lr:.1e}, so stay below that" if self.rise_lr else ""
+        return (f"no LR suggested: the smoothed loss fell only {self.drop:.1%} before its minimum (< lr_finder.min_drop "
+                f"{self.min_drop:.0%}), so the curve is flat and its steepest point is noise{rise}. Keep optimizer.lr, "
+                "or rerun with more lr_finder.num_steps or a larger data.batch_size")
 
     def summary(self) -> dict[str, Any]:
         return {"steepest": self.steepest, "min_div_10": self.min_div_10, "steps": len(self.lrs),
-                "diverged": self.diverged, "lr_range": [self.lrs[0], self.lrs[-1]] if self.lrs else None}
+                "diverged": self.diverged, "lr_range": [self.lrs[0], self.lrs[-1]] if self.lrs else None,
+                "drop": self.drop, "flat": self.flat, "rise_lr": self.rise_lr}
 
 
 def zero_lag_smooth(losses: list[float], smoothing: float) -> list[float]:
@@ -86,6 +110,29 @@ def suggest(lrs: list[float], smoothed: list[float]) -> tuple[float | None, floa
     first = starts[int(np.argmin(slopes))]
     steepest = float(10 ** log_lr[first:first + width].mean())
     return steepest, float(lrs[best]) / 10.0
+
+
+def descent(lrs: list[float], losses: list[float], smoothed: list[float]) -> tuple[float | None, float | None]:
+    """(drop, rise_lr). `drop`: the fall of the smoothed loss from its highest point before its
+    minimum to the minimum, relative to that highest point (the window `suggest` uses: first tenth
+    and last 5 % out). `rise_lr`: the first LR from which the running median of the raw losses (9
+    steps) stays at least RISE above its own minimum — where the loss has clearly turned up; a median,
+    not the smoothed curve, because the EMA (forward and backward) smears the late rise over ~20
+    steps, more than a decade of LR at 100 steps."""
+    n = len(lrs)
+    if n < 8:
+        return None, None
+    loss = np.asarray(smoothed, dtype=float)
+    lo, hi = max(n // 10, 1), n - max(n // 20, 1)
+    best = lo + int(np.argmin(loss[lo:hi]))
+    peak = float(loss[lo:best + 1].max())
+    drop = (peak - float(loss[best])) / abs(peak) if peak != 0 else 0.0
+    raw = np.asarray(losses, dtype=float)
+    median = np.array([np.median(raw[max(i - 4, 0):i + 5]) for i in range(n)])
+    low = lo + int(np.argmin(median[lo:hi]))
+    high = median > median[low] + RISE * abs(median[low])
+    sustained = [i for i in range(low, n) if high[i:].all()]
+    return drop, (float(lrs[sustained[0]]) if sustained else None)
 
 
 def _to_device(value: Any, device: torch.device) -> Any:
@@ -156,7 +203,7 @@ def _step_loss(task, batch: dict, precision, batch_transform=None, step: int = 0
 def lr_range_test(task: torch.nn.Module, optimizer: torch.optim.Optimizer, loader, precision, *,
                   start_lr: float = 1e-7, end_lr: float = 1.0, num_steps: int = 100, smoothing: float = 0.05,
                   diverge_factor: float = 4.0, grad_clip_norm: float | None = None,
-                  batch_transform=None) -> LRFindResult:
+                  batch_transform=None, min_drop: float = 0.05) -> LRFindResult:
     """Run the test and restore `task`, `optimizer` and the loader's order afterwards.
 
     Each parameter group keeps its ratio to the base LR (`lr_scale`, e.g. a fine-tuned backbone's
@@ -175,7 +222,7 @@ def lr_range_test(task: torch.nn.Module, optimizer: torch.optim.Optimizer, loade
     scaler = precision.grad_scaler()
     params = [p for g in optimizer.param_groups for p in g["params"]]
     ratio = (end_lr / start_lr) ** (1.0 / (num_steps - 1))
-    result, avg, best = LRFindResult(), 0.0, math.inf
+    result, avg, best = LRFindResult(min_drop=float(min_drop)), 0.0, math.inf
     try:
         task.train()
         optimizer.zero_grad(set_to_none=True)
@@ -209,7 +256,9 @@ def lr_range_test(task: torch.nn.Module, optimizer: torch.optim.Optimizer, loade
     finally:
         optimizer.zero_grad(set_to_none=True)
         snapshot.restore()
-    result.steepest, result.min_div_10 = suggest(result.lrs, zero_lag_smooth(result.losses, smoothing))
+    curve = zero_lag_smooth(result.losses, smoothing)
+    result.steepest, result.min_div_10 = suggest(result.lrs, curve)
+    result.drop, result.rise_lr = descent(result.lrs, result.losses, curve)
     return result
 
 
@@ -233,12 +282,16 @@ def save_lr_find(result: LRFindResult, out_dir: Path, chosen: str | None = None)
     for rule, color in (("steepest", "C3"), ("min_div_10", "C2")):
         value = getattr(result, rule)
         if value is not None:
-            style = "-" if rule == chosen else "--"
-            ax.axvline(value, color=color, ls=style, label=f"{rule}: {value:.2e}{' (used)' if rule == chosen else ''}")
+            style = "-" if rule == chosen and not result.flat else "--"
+            ax.axvline(value, color=color, ls=style,
+                       label=f"{rule}: {value:.2e}{' (used)' if rule == chosen and not result.flat else ''}")
     ax.set_xscale("log")
     ax.set_xlabel("learning rate")
     ax.set_ylabel("training loss")
-    ax.set_title("LR range test" + (" (stopped: diverged)" if result.diverged else ""))
+    ax.set_title("LR range test" + (" (stopped: diverged)" if result.diverged else "")
+                 + (f" — flat: no suggestion (drop {result.drop:.1%})" if result.flat else ""), fontsize=10)
+    if result.rise_lr:
+        ax.axvline(result.rise_lr, color="0.3", ls=":", label=f"loss rises: {result.rise_lr:.1e}")
     if result.smoothed:
         lo, hi = min(result.smoothed), max(result.smoothed[: max(len(result.smoothed) // 2, 1)])
         ax.set_ylim(lo - 0.1 * (hi - lo + 1e-12), hi + 0.5 * (hi - lo + 1e-12))
@@ -274,21 +327,24 @@ def find_lr_for_run(settings: Mapping, task, optimizer, loader, precision, track
                            end_lr=float(settings.get("end_lr", 1.0)), num_steps=int(settings.get("num_steps", 100)),
                            smoothing=float(settings.get("smoothing", 0.05)),
                            diverge_factor=float(settings.get("diverge_factor", 4.0)), grad_clip_norm=grad_clip_norm,
-                           batch_transform=batch_transform)
+                           batch_transform=batch_transform, min_drop=float(settings.get("min_drop", 0.05)))
     suggested = result.suggestion(rule)
     paths = save_lr_find(result, Path(run_dir) / "lr_find", chosen=rule)
     for i, (lr, smooth) in enumerate(zip(result.lrs, result.smoothed)):
         tracker.log_metrics({"lr_find/lr": lr, "lr_find/smoothed_loss": smooth}, step=i)
-    tracker.log_metrics({"lr_find/suggested_lr": suggested, "lr_find/steepest": result.steepest,
-                         "lr_find/min_div_10": result.min_div_10}, step=0)
-    tracker.set_tags({"lr_find.suggestion": rule})
+    tracker.log_metrics({**({"lr_find/suggested_lr": suggested} if suggested is not None else {}),
+                         "lr_find/steepest": result.steepest, "lr_find/min_div_10": result.min_div_10,
+                         "lr_find/drop": result.drop}, step=0)
+    tracker.set_tags({"lr_find.suggestion": rule, "lr_find.flat": str(result.flat).lower()})
     for path in paths.values():
         tracker.log_artifact(path, "lr_find")
     print(f"LR range test: {len(result.lrs)} steps {result.lrs[0]:.1e} → {result.lrs[-1]:.1e}"
           f"{' (stopped on divergence)' if result.diverged else ''} | steepest {result.steepest:.2e} | "
-          f"min/10 {result.min_div_10:.2e} | suggested ({rule}) optimizer.lr={suggested:.2e} | plot {paths['png']}",
-          flush=True)
+          f"min/10 {result.min_div_10:.2e} | loss drop {result.drop:.1%} | "
+          + (result.flat_message() if suggested is None else f"suggested ({rule}) optimizer.lr={suggested:.2e}")
+          + f" | plot {paths['png']}", flush=True)
     return {**result.summary(), "suggestion": rule, "suggested_lr": suggested,
+            "message": result.flat_message() if suggested is None else None,
             "plot": str(paths["png"]), "curve": str(paths["csv"])}
 
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from cxrssl.engine.lr_find import apply_lr, lr_find_mode, lr_range_test, suggest
+from cxrssl.engine.lr_find import LRFindResult, apply_lr, descent, lr_find_mode, lr_range_test, suggest, zero_lag_smooth
 from cxrssl.engine.optim import build_optimizer
 from cxrssl.engine.precision import resolve_precision
 from cxrssl.engine.seed import seed_everything
@@ -27,6 +27,35 @@ def test_suggestions_on_a_known_curve():
     minimum = lrs[int(np.argmin(loss))]
     assert min_div_10 == pytest.approx(minimum / 10, rel=0.01)
     assert suggest([1e-5, 1e-4], [1.0, 0.9]) == (None, None)  # too few points to say anything
+
+
+def recorded_default_curve() -> tuple[list[float], list[float]]:
+    """The curve `cxrssl pretrain lr_find=true` recorded on the default data (age pretext, resnet18,
+    64 px, batch 32, 100 steps 1e-7 → 1; 2026-11-27): flat up to ~1e-3, then rising."""
+    import csv
+    from pathlib import Path
+
+    with open(Path(__file__).parent / "data" / "lr_find_default_data.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    return [float(r["lr"]) for r in rows], [float(r["loss"]) for r in rows]
+
+
+def test_a_flat_curve_gets_no_suggestion_but_an_upper_bound():
+    lrs, losses = recorded_default_curve()
+    curve = zero_lag_smooth(losses, 0.05)
+    steepest, min_div_10 = suggest(lrs, curve)
+    assert steepest < 1e-5  # what the steepest rule said on this curve: noise at the start
+    drop, rise = descent(lrs, losses, curve)
+    assert drop < 0.05 and 1e-3 <= rise <= 2e-2  # the raw curve turns up between 3e-3 and 1e-2
+    result = LRFindResult(lrs=lrs, losses=losses, smoothed=curve, steepest=steepest, min_div_10=min_div_10,
+                          drop=drop, rise_lr=rise)
+    assert result.flat and result.suggestion("steepest") is None and result.suggestion("min_div_10") is None
+    assert "no LR suggested" in result.flat_message() and f"{rise:.1e}" in result.flat_message()
+    # the known curve above (falls by 80 %) is not flat
+    known = np.logspace(-6, 0, 121)
+    x = np.log10(known)
+    loss = 1.0 - 0.8 / (1 + np.exp(-3 * (x + 3))) + 0.6 * np.clip(x + 1, 0, None) ** 2
+    assert descent(list(known), list(loss), list(loss))[0] > 0.5
 
 
 def test_mode_values_and_bad_input():
@@ -124,8 +153,10 @@ def test_lr_find_true_reports_logs_and_stops(tiny, tmp_path):
 
     from cxrssl.commands.inprocess import run_command
 
+    # this tiny set's 20-step curve falls ~2 %, which counts as flat: min_drop=0 asks for a suggestion anyway
     suggested, summary = run_command("finetune", [*tiny, "lr_find=true", "lr_finder.num_steps=20",
-                                                  "lr_finder.start_lr=1e-5"], run_dir=tmp_path / "run")
+                                                  "lr_finder.start_lr=1e-5", "lr_finder.min_drop=0"],
+                                     run_dir=tmp_path / "run")
     found = summary["lr_find"]
     assert suggested == pytest.approx(found["suggested_lr"]) and found["suggestion"] == "steepest"
     assert 1e-6 <= suggested <= 0.1 and found["steps"] >= 10
@@ -139,11 +170,28 @@ def test_lr_find_true_reports_logs_and_stops(tiny, tmp_path):
                                                                                  "lr_find/lr_find.csv"}
 
 
+def test_flat_curve_through_the_commands_reports_nothing_and_apply_keeps_the_lr(tiny, tmp_path, monkeypatch):
+    """A flat curve (forced here: this tiny set's curve is whatever 8 steps give) must not be applied."""
+    import cxrssl.engine.lr_find as lr_find
+    from cxrssl.commands.inprocess import run_command
+
+    monkeypatch.setattr(lr_find, "descent", lambda lrs, losses, curve: (0.01, 3e-3))
+    suggested, summary = run_command("pretrain", [*tiny, "lr_find=true", "lr_finder.num_steps=8"],
+                                     run_dir=tmp_path / "report")
+    assert suggested is None and summary["lr_find"]["flat"] is True
+    assert "no LR suggested" in summary["lr_find"]["message"]
+    with pytest.warns(RuntimeWarning, match="training at optimizer.lr=0.00123"):
+        _, summary = run_command("pretrain", [*tiny, "lr_find=apply", "lr_finder.num_steps=8", "scheduler=none",
+                                              "optimizer.lr=0.00123", "trainer.limit_batches=1"],
+                                 run_dir=tmp_path / "apply")
+    assert summary["final"]["train/lr"] == pytest.approx(0.00123)
+
+
 @pytest.mark.slow  # a range test and then a training run (lr_find=true is the fast end-to-end check)
 def test_lr_find_apply_trains_at_the_suggestion(tiny, tmp_path):
     from cxrssl.commands.inprocess import run_command
 
-    _, summary = run_command("pretrain", [*tiny, "lr_find=apply", "lr_finder.num_steps=16", "scheduler=none",
+    _, summary = run_command("pretrain", [*tiny, "lr_find=apply", "lr_finder.num_steps=16", "lr_finder.min_drop=0", "scheduler=none",
                                           "trainer.limit_batches=2"], run_dir=tmp_path / "run")
     assert summary["epochs_completed"] == 1
     assert summary["final"]["train/lr"] == pytest.approx(summary["lr_find"]["suggested_lr"])  # constant LR = suggestion
@@ -166,5 +214,5 @@ def test_suggestion_is_within_3x_of_a_known_good_lr_on_the_phantom():
     result = lr_range_test(task, optimizer, phantom_loader(images, labels, batch_size=16),
                            resolve_precision("cpu", "off"), start_lr=1e-5, end_lr=1.0, num_steps=50)
     suggested = result.suggestion("steepest")  # the default rule
-    assert KNOWN_GOOD_LR / 3 <= suggested <= KNOWN_GOOD_LR * 3, (suggested, result.summary())
+    assert not result.flat and KNOWN_GOOD_LR / 3 <= suggested <= KNOWN_GOOD_LR * 3, (suggested, result.summary())
     # min/10 is end-limited here: the loss has not turned up by end_lr=1 (measured 0.0625, 6x too high).

@@ -10,7 +10,7 @@ from cxrssl.commands.validation import check_config
 from cxrssl.engine.checkpoint import load_checkpoint, save_checkpoint
 from cxrssl.engine.distributed import env_from_torchrun, init_from_env
 from cxrssl.engine.precision import resolve_precision
-from cxrssl.engine.seed import seed_everything
+from cxrssl.engine.seed import seed_from_config
 from cxrssl.errors import ConfigError
 
 
@@ -74,8 +74,7 @@ def run(cfg: DictConfig) -> float | None:
     init_from_env(str(cfg.trainer.device))  # torchrun: join the process group (no-op otherwise)
     run_dir = run_dir_from_hydra()
     resume_from, resume_run_id = resume_point(cfg, run_dir)
-    seed = int(cfg.trainer.seed)
-    seed_everything(seed, bool(cfg.trainer.get("deterministic", False)))
+    seed = seed_from_config(cfg.trainer)
     encoder, source = load_encoder(cfg.backbone, cfg.pretrained, cfg.mlflow.tracking_uri)
     ft = cfg.finetune
     tags = {"pretext": source.get("pretext") or source["kind"], "backbone": cfg.backbone.name,

@@ -9,7 +9,7 @@ from cxrssl.commands.training import checkpoint_artifacts, fit_task, report_lr_f
 from cxrssl.commands.validation import check_config
 from cxrssl.engine.distributed import env_from_torchrun, init_from_env
 from cxrssl.engine.precision import resolve_precision
-from cxrssl.engine.seed import seed_everything
+from cxrssl.engine.seed import seed_from_config
 
 
 def run(cfg: DictConfig) -> float | None:
@@ -26,7 +26,7 @@ def run(cfg: DictConfig) -> float | None:
     tags = {"pretext": cfg.pretext.name, "backbone": cfg.backbone.name, "data": cfg.data.source}
     tracker = start_run_tracking(cfg, tags, resume_run_id)
     with tracker:
-        seed_everything(int(cfg.trainer.seed), bool(cfg.trainer.get("deterministic", False)))
+        seed_from_config(cfg.trainer)
         precision = resolve_precision(cfg.trainer.device, cfg.trainer.amp)
         from cxrssl.data.pretrain_pool import pool_summary, pretrain_table
 

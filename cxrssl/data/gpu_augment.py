@@ -7,7 +7,7 @@ fewer bytes through pinned memory and the host→device copy), and the trainer c
 :class:`TrainBatchAugment` on each training batch right after it reached the device.
 
 Semantics follow ``build_augment`` in ``transforms.py`` (the same ``data.augment`` settings, the
-same draws per image, in the same order), implemented with kornia's geometry on tensors:
+same draws per image, in the same order), implemented with torch's ``affine_grid``/``grid_sample``:
 
 * Affine with probability ``p``: rotation uniform in ±``rotate_limit`` degrees about the image
   centre, x and y scale drawn independently in 1 ± ``scale_limit`` (albumentations'
@@ -31,7 +31,7 @@ CPU (tiny) and sent in one pinned, non-blocking copy, so CPU and CUDA runs draw 
 parameters and the step has no host synchronisation (no ``.item()``, no blocking copy: checked
 on the op level in tests/data/test_gpu_augment.py, and with CUDA's sync debug mode on a GPU).
 
-kornia is imported on first use, not at module import (CLI start-up time).
+Plain torch: no optional dependency (until 2026-11-27 this used kornia's warp; see `affine_theta`).
 """
 from __future__ import annotations
 
@@ -40,6 +40,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from cxrssl.common import cfg_get as _get
 from cxrssl.data.transforms import augment_settings
@@ -60,20 +61,30 @@ def gpu_augment_enabled(data_cfg: Any) -> bool:
     return value
 
 
-def require_kornia() -> None:
-    """Fail at start-up, not at the first batch, when the optional dependency is missing."""
-    import importlib.util
-
-    if importlib.util.find_spec("kornia") is None:
-        raise ConfigError("data.gpu_augment=true needs kornia: pip install 'cxrssl[gpu]' (or pip install kornia), "
-                          "or set data.gpu_augment=false")
-
-
 def batch_seed(seed: int, rank: int, epoch: int, step: int) -> int:
     """A well-mixed 63-bit seed for one batch (numpy's SeedSequence hash, as ``sample_seed``)."""
     words = [int(seed) % 2**63, int(rank) % 2**32, int(epoch) % 2**32, int(step) % 2**32]  # epoch -1: LR finder
     state = np.random.SeedSequence(words).generate_state(2)
     return int((int(state[0]) << 31) ^ int(state[1]))
+
+
+def affine_theta(angle: torch.Tensor, scale_x: torch.Tensor, scale_y: torch.Tensor, shift_x: torch.Tensor,
+                 shift_y: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """B×2×3 `F.affine_grid` matrices (output → input, normalised, align_corners=True) of the map
+    dst = R(angle)·S(scale)·(src − c) + c + shift, in pixels, about the centre c = ((w−1)/2, (h−1)/2);
+    R turns by `angle` degrees as albumentations does (counter-clockwise on screen, y down).
+
+    Why not kornia's ``get_affine_matrix2d`` + ``warp_affine`` (same map, same sampling): they build
+    3×3 homographies, invert and normalise them with ~210 small ops per batch; on an H200 the
+    resnet18 step is host-bound and those ops were as many as the model's forward and backward
+    (docs/benchmarks.md). This inverse is written out: ~15 elementwise ops.
+    With D = diag((w−1)/2, (h−1)/2), A = S⁻¹·Rᵀ: src_n = D⁻¹·A·D·dst_n − D⁻¹·A·shift."""
+    rad = torch.deg2rad(angle)
+    cos, sin = torch.cos(rad), torch.sin(rad)
+    a00, a01, a10, a11 = cos / scale_x, -sin / scale_x, sin / scale_y, cos / scale_y  # A = S⁻¹ Rᵀ
+    dx, dy = max(w - 1, 1) / 2, max(h - 1, 1) / 2
+    return torch.stack([torch.stack([a00, a01 * (dy / dx), -(a00 * shift_x + a01 * shift_y) / dx], dim=1),
+                        torch.stack([a10 * (dx / dy), a11, -(a10 * shift_x + a11 * shift_y) / dy], dim=1)], dim=1)
 
 
 class BatchAugment(torch.nn.Module):
@@ -117,44 +128,44 @@ class BatchAugment(torch.nn.Module):
         x = images.float() / 255.0 if images.dtype == torch.uint8 else images.float()
         if self.is_identity:
             return x
-        u = self.draws(x.shape[0], generator)
-        if x.device.type == "cuda":  # pinned: the copy is queued, the host does not wait for the GPU
-            u = u.pin_memory()
-        u = u.to(x.device, torch.float32, non_blocking=True)
-        s = torch.ones(x.shape[0], device=x.device) if strength is None else strength.to(x.device, torch.float32)
-        if self.p > 0:
-            x = self._affine(x, u, s)
-            x = self._brightness_contrast(x, u, s)
+        n, _, h, w = x.shape
+        u = self.draws(n, generator).float()
+        # Per-image parameters are tiny: compute them where `strength` lives (the CPU unless strong
+        # positives read their labels on the device), then ONE copy of the packed rows. On CUDA the
+        # copy is pinned and queued, so the host never waits and only the pixel ops launch kernels.
+        s = torch.ones(n) if strength is None else strength.reshape(-1).to(torch.float32)
+        params = self.parameter_rows(_to(u, s.device), s, h, w)
+        params = _to(params, x.device)
+        theta, affine, alpha, beta, color, flip = params.split([6, 1, 1, 1, 1, 1], dim=1)
+        view = lambda t: t.reshape(n, 1, 1, 1)
+        if self.p > 0 and not (self.rotate == 0 and self.scale == 0 and self.shift == 0):
+            grid = F.affine_grid(theta.reshape(n, 2, 3), [n, 1, h, w], align_corners=True)
+            warped = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
+            x = torch.where(view(affine) > 0, warped, x)  # images not drawn keep their exact pixels
+        if self.p > 0 and self.light != 0:
+            x = torch.where(view(color) > 0, (x * view(alpha) + view(beta)).clamp_(0.0, 1.0), x)
         if self.hflip:
-            flip = (u[:, _FLIP_GATE] < 0.5).view(-1, 1, 1, 1)
-            x = torch.where(flip, x.flip(-1), x)
+            x = torch.where(view(flip) > 0, x.flip(-1), x)
         return x
 
-    def _affine(self, x: torch.Tensor, u: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
-        from kornia.geometry.transform import get_affine_matrix2d, warp_affine
+    def parameter_rows(self, u: torch.Tensor, s: torch.Tensor, h: int, w: int) -> torch.Tensor:
+        """n × 11 rows: affine_grid's θ (6), then the affine gate, α, β, the colour gate and the flip
+        gate (gates as 1.0/0.0), from the unit draws `u` and the per-image strength `s`."""
+        sym = lambda col, limit: (2 * u[:, col] - 1) * (limit * s)  # uniform in ±limit·strength
+        theta = affine_theta(sym(_ANGLE, self.rotate), 1 + sym(_SCALE_X, self.scale), 1 + sym(_SCALE_Y, self.scale),
+                             sym(_SHIFT_X, self.shift) * w, sym(_SHIFT_Y, self.shift) * h, h, w)
+        gate = lambda col, p: (u[:, col] < p).float()[:, None]
+        return torch.cat([theta.reshape(-1, 6), gate(_AFFINE_GATE, self.p), 1 + sym(_ALPHA, self.light)[:, None],
+                          sym(_BETA, self.light)[:, None], gate(_COLOR_GATE, self.p), gate(_FLIP_GATE, 0.5)], dim=1)
 
-        if self.rotate == 0 and self.scale == 0 and self.shift == 0:
-            return x
-        n, _, h, w = x.shape
-        sym = lambda col, limit: (2 * u[:, col] - 1) * limit * s  # uniform in ±limit·strength
-        angle = -sym(_ANGLE, self.rotate)  # kornia turns counter-clockwise: same sign as albumentations
-        scale = torch.stack([1 + sym(_SCALE_X, self.scale), 1 + sym(_SCALE_Y, self.scale)], dim=1)
-        shift = torch.stack([sym(_SHIFT_X, self.shift) * w, sym(_SHIFT_Y, self.shift) * h], dim=1)
-        # albumentations' centre, w/2 - 0.5; filled on the device (a tensor from a list would be a blocking copy)
-        center = torch.stack([torch.full((n,), (w - 1) / 2, device=x.device),
-                              torch.full((n,), (h - 1) / 2, device=x.device)], dim=1)
-        matrix = get_affine_matrix2d(shift, center, scale, angle)[:, :2]
-        warped = warp_affine(x, matrix, dsize=(h, w), mode="bilinear", padding_mode="zeros", align_corners=True)
-        gate = (u[:, _AFFINE_GATE] < self.p).view(-1, 1, 1, 1)
-        return torch.where(gate, warped, x)  # images not drawn keep their exact pixels
 
-    def _brightness_contrast(self, x: torch.Tensor, u: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
-        if self.light == 0:
-            return x
-        alpha = (1 + (2 * u[:, _ALPHA] - 1) * self.light * s).view(-1, 1, 1, 1)
-        beta = ((2 * u[:, _BETA] - 1) * self.light * s).view(-1, 1, 1, 1)
-        gate = (u[:, _COLOR_GATE] < self.p).view(-1, 1, 1, 1)
-        return torch.where(gate, (x * alpha + beta).clamp_(0.0, 1.0), x)
+def _to(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """`t` on `device`; from the CPU to CUDA through pinned memory, queued (non_blocking)."""
+    if t.device == device:
+        return t
+    if device.type == "cuda" and t.device.type == "cpu":
+        t = t.pin_memory()
+    return t.to(device, non_blocking=True)
 
 
 class TrainBatchAugment:
@@ -168,7 +179,6 @@ class TrainBatchAugment:
 
     def __init__(self, data_cfg: Any, seed: int, rank: int = 0, strong_positives: bool = False,
                  channels_last: bool = False, label_key: str = "cardiomegaly"):
-        require_kornia()
         self.augment = BatchAugment.from_data_config(data_cfg, seed)
         self.seed, self.rank = int(seed), int(rank)
         self.strong_positives, self.channels_last, self.label_key = strong_positives, channels_last, label_key

@@ -28,6 +28,46 @@ def to_device(batch: Any, device: torch.device, channels_last: bool = False) -> 
     return batch
 
 
+def _tensors(batch: Any):
+    if isinstance(batch, torch.Tensor):
+        yield batch
+    elif isinstance(batch, dict):
+        for v in batch.values():
+            yield from _tensors(v)
+    elif isinstance(batch, (list, tuple)):
+        for v in batch:
+            yield from _tensors(v)
+
+
+class DeviceCopier:
+    """`to_device` whose CUDA copies run on a side stream, next to the compute of the step before.
+
+    Why: in the loop the host queues step i, then fetches batch i+1 and queues its host→device copy
+    while the GPU is still busy with step i. On the compute stream that copy waits until step i has
+    finished and the model waits for the copy (for resnet18 at 224 px, batch 256: 12.8 MB of uint8
+    or 51 MB of float32, 0.5-2 ms of a ~21 ms step on an H200). On a side stream the copy engine
+    runs it during step i; the compute stream only waits for it (an event, not the host) before
+    step i+1. `record_stream` tells the caching allocator that the compute stream uses the copied
+    tensors, so their memory is not handed out again while step i+1 still reads it. Elsewhere (CPU,
+    MPS) this is `to_device`."""
+
+    def __init__(self, device: torch.device, channels_last: bool = False):
+        self.device, self.channels_last = torch.device(device), channels_last
+        self.stream = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
+
+    def __call__(self, batch: Any) -> Any:
+        if self.stream is None:
+            return to_device(batch, self.device, self.channels_last)
+        compute = torch.cuda.current_stream(self.device)
+        with torch.cuda.stream(self.stream):
+            moved = to_device(batch, self.device, self.channels_last)
+        compute.wait_stream(self.stream)
+        for tensor in _tensors(moved):
+            if tensor.device.type == "cuda":
+                tensor.record_stream(compute)
+        return moved
+
+
 class StepSums:
     """Image-weighted sums of per-step 0-dim logs, kept on the device (float64 where supported)."""
 

@@ -10,9 +10,9 @@ Only the main process (rank 0) writes files or talks to the tracker.
 from __future__ import annotations
 
 import math
-import shutil
 import time
 import warnings
+from contextlib import contextmanager
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -20,11 +20,12 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from cxrssl.engine.batch import StepSums, to_device
+from cxrssl.engine.batch import DeviceCopier, StepSums, to_device
 from cxrssl.engine.checkpoint import load_checkpoint
 from cxrssl.engine.distributed import any_rank, average_gradients, broadcast_buffers, gather_objects, sum_over_ranks
 from cxrssl.engine.optim import LRSchedule
 from cxrssl.engine.precision import Precision
+from cxrssl.engine.profiling import StepProfiler
 from cxrssl.engine.protocol import TrainableTask
 from cxrssl.engine.sampling import n_batches, prepare_epoch, release_workers, resumable_loader
 from cxrssl.engine.seed import rng_state, set_rng_state
@@ -61,6 +62,8 @@ class Trainer:
         self.log_every = max(int(cfg.get("log_every_n_steps", 10)), 1)
         self.ckpt_every = int(cfg.get("checkpoint_every_n_steps") or 0)
         self.preemption = PreemptionFlag()
+        self.profiler = StepProfiler(0, 0, self.run_dir / "profile", precision.device)  # fit() arms it
+        self._early: tuple[int, Any] | None = None  # (epoch, its iterator) started before validation
         self._epoch_sums: dict | None = None   # running sums of a resumed, interrupted epoch
         self._max_steps = 0
         self.task.to(precision.device)
@@ -87,9 +90,13 @@ class Trainer:
         self._max_steps = per_epoch * max_epochs
         start = time.perf_counter()
         stopped_early = self._should_stop()  # a resumed run that had already stopped early
-        with self.preemption:
+        self.profiler = StepProfiler(int(self.cfg.get("profile_steps") or 0), int(self.cfg.get("profile_skip_steps", 10)),
+                                     self.run_dir / "profile", self.precision.device, enabled=self.is_main)
+        with self.preemption, _stopping(self.profiler):
             for epoch in range(self.state.epoch, max_epochs if not stopped_early else 0):
                 train_logs = self.train_one_epoch(train_loader, epoch)
+                if epoch + 1 < max_epochs:  # the workers draw epoch+1's first batches during validation
+                    self._start_epoch_early(train_loader, epoch + 1)
                 val_logs, artifacts = self.validate(val_loader, epoch)
                 monitor_value = val_logs.get(self.task.monitor)
                 self.schedule.step_epoch(monitor_value)
@@ -113,22 +120,30 @@ class Trainer:
         self.task.train()
         first = self.state.batch_cursor if self.state.epoch == epoch else 0
         total = n_batches(loader, self.limit)
-        prepare_epoch(loader, epoch, int(self.cfg.get("seed", 0)), first)
+        early, self._early = self._early, None
+        if early is not None and early[0] == epoch and first == 0:
+            batches = early[1]
+        else:
+            prepare_epoch(loader, epoch, int(self.cfg.get("seed", 0)), first)
+            batches = iter(loader)
         sums = StepSums(self.precision.device)
         if first and self._epoch_sums:
             sums.load_state_dict(self._epoch_sums)
         self._epoch_sums = None
         synced = {"step": self.state.global_step, "totals": sums.totals(), "counts": dict(sums.counts)}
-        data_wait, start, tick = 0.0, time.perf_counter(), time.perf_counter()
+        data_wait, first_wait, start, tick = 0.0, None, time.perf_counter(), time.perf_counter()
         seen_here = 0
+        copy = DeviceCopier(self.precision.device, self.channels_last)
         bar = tqdm(total=total, initial=first, desc=f"epoch {epoch + 1} train", unit="batch", leave=False,
                    disable=not (self.is_main and self.cfg.get("progress", True)))
         self.optimizer.zero_grad(set_to_none=True)
-        for i, batch in enumerate(loader, start=first):
+        for i, batch in enumerate(batches, start=first):
             if i >= total:
                 break
-            data_wait += time.perf_counter() - tick
-            batch = to_device(batch, self.precision.device, self.channels_last)
+            waited = time.perf_counter() - tick
+            data_wait += waited
+            first_wait = waited if first_wait is None else first_wait
+            batch = copy(batch)
             if self.batch_transform is not None:
                 batch = self.batch_transform(batch, epoch, i)
             with self.precision.autocast():
@@ -149,13 +164,25 @@ class Trainer:
                     self._sync(sums, synced, epoch, bar, log=False)  # never checkpoint NaN weights
                     path = self.files.save_recovery({**self.checkpoint_state(), "epoch_sums": _all_ranks(sums)})
                     self._check_preempted(path)
+            self.profiler.step()
             tick = time.perf_counter()
         bar.close()
         totals, counts = sum_over_ranks(self._sync(sums, synced, epoch, None, log=False), sums.counts)  # DDP: all ranks
         elapsed = time.perf_counter() - start
         seen = sum(gather_objects(seen_here))  # torchrun: images/s of all ranks together
         return {**{k: v / max(counts[k], 1) for k, v in totals.items()}, "images_per_s": seen / max(elapsed, 1e-9),
-                "data_wait_frac": data_wait / max(elapsed, 1e-9), "lr": self.schedule.lrs()["lr"]}
+                "data_wait_frac": data_wait / max(elapsed, 1e-9), "data_wait_first_s": first_wait or 0.0,
+                "lr": self.schedule.lrs()["lr"]}
+
+    def _start_epoch_early(self, loader, epoch: int) -> None:
+        """Set up `epoch` (order, augmentation) and start its iterator now, before validation, so
+        persistent workers load its first batches while the model validates. Measured on an H200
+        (resnet18, 161-step epochs): the first batch of each epoch waited 0.13 s, 3 % of the epoch.
+        The order and augmentation are functions of (seed, epoch, index), so starting early changes
+        no sample; `train_one_epoch` uses the iterator only for a full epoch from batch 0."""
+        if getattr(loader, "num_workers", 0) > 0 and getattr(loader, "persistent_workers", False):
+            prepare_epoch(loader, epoch, int(self.cfg.get("seed", 0)), 0)
+            self._early = (epoch, iter(loader))
 
     @torch.no_grad()
     def validate(self, loader, epoch: int) -> tuple[dict[str, float], list[Path]]:
@@ -321,7 +348,16 @@ class Trainer:
                 "final": {k: v for k, v in last.items() if k != "epoch"},
                 "first": {k: v for k, v in (s.history[0] if s.history else {}).items() if k != "epoch"},
                 "train_time_s": elapsed, "train_images_per_s": sum(speeds) / len(speeds) if speeds else None,
-                "precision": self.precision.name, "device": str(self.precision.device)}
+                "precision": self.precision.name, "device": str(self.precision.device),
+                **({"profile": self.profiler.summary} if self.profiler.summary else {})}
+
+
+@contextmanager
+def _stopping(profiler: StepProfiler):
+    try:
+        yield profiler
+    finally:
+        profiler.stop()
 
 
 def _all_ranks(sums: StepSums) -> dict[str, Any]:

@@ -8,7 +8,12 @@ import numpy as np
 import torch
 
 
-def seed_everything(seed: int, deterministic: bool = False) -> None:
+def seed_everything(seed: int, deterministic: bool = False, cudnn_benchmark: bool = True) -> None:
+    """Seed Python, NumPy and torch. `cudnn_benchmark` (``trainer.cudnn_benchmark``, default on)
+    lets cuDNN time its convolution algorithms for each new input shape and keep the fastest:
+    torch leaves it off, and the CLI never turned it on, so a `cxrssl pretrain` on a GPU ran
+    untuned convolutions. Deterministic runs keep it off (autotuning may pick
+    non-deterministic algorithms)."""
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
@@ -17,6 +22,17 @@ def seed_everything(seed: int, deterministic: bool = False) -> None:
         torch.use_deterministic_algorithms(True, warn_only=True)
         torch.backends.cudnn.benchmark = False
         torch.backends.cudnn.deterministic = True
+    else:
+        torch.backends.cudnn.benchmark = bool(cudnn_benchmark)
+
+
+def seed_from_config(trainer_cfg) -> int:
+    """`seed_everything` from ``trainer.seed``, ``trainer.deterministic``, ``trainer.cudnn_benchmark``
+    (what every training command does first); returns the seed."""
+    seed = int(trainer_cfg.get("seed", 0))
+    seed_everything(seed, bool(trainer_cfg.get("deterministic", False)),
+                    bool(trainer_cfg.get("cudnn_benchmark", True)))
+    return seed
 
 
 def rng_state() -> dict:

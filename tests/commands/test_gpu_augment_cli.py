@@ -15,8 +15,6 @@ from cxrssl.commands.inprocess import run_command
 from cxrssl.errors import ConfigError
 from tests.conftest import TINY
 
-pytest.importorskip("kornia")
-
 
 @pytest.fixture
 def seen(monkeypatch):

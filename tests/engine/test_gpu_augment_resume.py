@@ -2,7 +2,7 @@
 
 The draws are a function of (seed, rank, epoch, batch index) only, so 1 epoch + resume equals 2
 straight epochs bit for bit, and a mid-epoch recovery checkpoint continues to the same weights
-(on the CPU here; kornia's ops are the same code on CUDA).
+(on the CPU here; torch's affine_grid/grid_sample are the same code on CUDA).
 """
 from __future__ import annotations
 
@@ -16,8 +16,6 @@ from cxrssl.engine.checkpoint import find_resume_checkpoint
 from cxrssl.engine.loop import Preempted
 from tests.engine.test_exact_resume import StopAt, assert_same_run, table  # noqa: F401 (fixture)
 from tests.engine.test_exact_resume import straight_and_resumed, trainer_for as exact_trainer_for
-
-pytest.importorskip("kornia")
 
 
 def data_cfg(enabled=True):

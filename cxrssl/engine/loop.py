@@ -82,6 +82,7 @@ class Trainer:
         try:
             return self._fit(train_loader, val_loader)
         finally:  # returned, preempted or failed: no worker outlives fit (sampling.release_workers)
+            self._early = None  # an iterator started for an epoch that will not run here
             release_workers(train_loader, val_loader)
 
     def _fit(self, train_loader, val_loader) -> dict[str, Any]:

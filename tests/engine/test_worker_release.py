@@ -66,25 +66,31 @@ def test_fit_returns_without_live_workers_and_loaders_still_work(table, tmp_path
     del loaders
 
 
-def preempted_fit(tmp_path, table) -> set[int]:
-    """A fit preempted mid-epoch; returns the workers it ran. On return, this frame and the
-    `Preempted` traceback that `stop` keeps form a reference cycle holding the trainer and loaders
-    (as in a test that asserts on `stop.value` afterwards)."""
-    trainer, loaders = trainer_for(tmp_path, table, workers=2, checkpoint_every_n_steps=100)
+def preempted_fit(tmp_path, table, when: str) -> set[int]:
+    """A fit preempted mid-epoch or during validation; returns the workers it ran. On return, this
+    frame and the `Preempted` traceback that `stop` keeps form a reference cycle holding the
+    trainer and loaders (as in a test that asserts on `stop.value` afterwards)."""
+    trainer, loaders = trainer_for(tmp_path, table, max_epochs=3, workers=2, checkpoint_every_n_steps=100)
     during = record_workers(trainer)
-    StopAt(trainer, 2)  # mid-epoch: the train iterator has batches in flight
+    if when == "train":
+        StopAt(trainer, 2)  # mid-epoch: the train iterator has batches in flight
+    else:  # the next epoch's iterator was started before validation (Trainer._start_epoch_early)
+        original = trainer.task.validation_step
+        trainer.task.validation_step = lambda batch: (setattr(trainer.preemption, "received", "SIGTERM"),
+                                                      original(batch))[1]
     with pytest.raises(Preempted) as stop:
         trainer.fit(loaders["train"], loaders["val"])
     assert stop.value.checkpoint is not None
     return during
 
 
-def test_preempted_fit_leaves_no_workers_and_gc_does_not_stall(table, tmp_path):
+@pytest.mark.parametrize("when", ["train", "validation"])
+def test_preempted_fit_leaves_no_workers_and_gc_does_not_stall(table, tmp_path, when):
     before = live_children()
     gc.collect()
     gc.disable()  # the cycle is collected below, where it is timed, not at a random allocation
     try:
-        workers = preempted_fit(tmp_path, table) - before
+        workers = preempted_fit(tmp_path, table, when) - before
         assert len(workers) >= 2
         assert not still_running(workers)
         start = time.perf_counter()

@@ -78,7 +78,9 @@ def checkpoint_tags(info: dict, split: str) -> dict[str, str]:
 
 
 def predict_split(model, table, data_cfg, split: str, precision, seed: int):
-    """(predictions table of `split`, its DataLoader); a clear error if the split is empty."""
+    """(predictions table of `split`, its DataLoader); a clear error if the split is empty. The
+    loader is an inference loader whatever the split (no augmentation, no shuffle, no dropped last
+    batch), also for `data.split=train`."""
     from cxrssl.commands.inference import predict_probabilities, predictions_table
     from cxrssl.data.loaders import build_dataloaders
 
@@ -86,5 +88,5 @@ def predict_split(model, table, data_cfg, split: str, precision, seed: int):
     if rows.empty:
         raise ConfigError(f"data.split={split}: no images in that split (splits present: "
                          f"{sorted(table['split'].dropna().unique())})")
-    loader = build_dataloaders(data_cfg, rows, seed=seed, splits=(split,))[split]
+    loader = build_dataloaders(data_cfg, rows, seed=seed, splits=(split,), train_splits=())[split]
     return predictions_table(rows, predict_probabilities(model, loader, precision, split)), loader

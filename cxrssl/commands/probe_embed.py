@@ -50,8 +50,8 @@ def extract_embeddings(encoder: torch.nn.Module, rows: pd.DataFrame, data_cfg: A
     from cxrssl.data.loaders import build_dataloaders
     from cxrssl.tasks.ssl_common import pooled
 
-    rows = rows.assign(split="val")  # evaluation pipeline: no augmentation, no shuffle
-    loader = build_dataloaders(data_cfg, rows, seed=seed, splits=("val",))["val"]
+    rows = rows.assign(split="val")  # one inference loader over rows of any split
+    loader = build_dataloaders(data_cfg, rows, seed=seed, splits=("val",), train_splits=())["val"]
     encoder.to(device).eval()
     out, ids = [], []
     for batch in loader:

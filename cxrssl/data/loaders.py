@@ -7,7 +7,7 @@ shuffling generator and every worker's augmentation so a run is repeatable for a
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -104,11 +104,16 @@ def build_dataloaders(data_cfg: Any, table: pd.DataFrame, seed: int,
                       splits: Sequence[str] = ("train", "val", "test"),
                       train_sampler: Sampler | Callable[[pd.DataFrame], Sampler | None] | None = None,
                       with_masks: bool = False,
-                      strong_augment_positives: bool = False) -> dict[str, DataLoader]:
-    """One DataLoader per requested split that has rows. Train is shuffled (unless a sampler is
-    given) and drops an incomplete last batch when it has more than one batch. `train_sampler` may
-    be a function of the final training rows (after undecodable images were skipped), so that
-    sampler indices always match the dataset."""
+                      strong_augment_positives: bool = False,
+                      train_splits: Collection[str] = ("train",)) -> dict[str, DataLoader]:
+    """One DataLoader per requested split that has rows. A split in `train_splits` is loaded FOR
+    TRAINING: augmented (uint8 unaugmented with data.gpu_augment), shuffled (unless a sampler is
+    given), and it drops an incomplete last batch when it has more than one batch. Every other split
+    is loaded as for inference: every row once, in table order, unaugmented. Inference on the
+    training images (evaluate/explain/predict data.split=train) passes ``train_splits=()`` — the
+    split's NAME says where the rows came from, not what the loader is for. `train_sampler` may be a
+    function of the final training rows (after undecodable images were skipped), so that sampler
+    indices always match the dataset."""
     batch_size = int(_get(data_cfg, "batch_size", 32))
     num_workers = int(_get(data_cfg, "num_workers", 0))
     cache = None
@@ -125,7 +130,7 @@ def build_dataloaders(data_cfg: Any, table: pd.DataFrame, seed: int,
         rows = table[table["split"] == split]
         if rows.empty:
             continue
-        train = split == "train"
+        train = split in train_splits
         dataset = CXRDataset(rows, data_cfg, train=train, with_masks=with_masks, cache=cache,
                              seed=seed + index, strong_augment_positives=train and strong_augment_positives)
         generator = torch.Generator().manual_seed(seed + index)
@@ -143,7 +148,7 @@ def build_dataloaders(data_cfg: Any, table: pd.DataFrame, seed: int,
             num_workers=num_workers, pin_memory=_pin_memory(data_cfg),
             persistent_workers=num_workers > 0, worker_init_fn=_seed_worker,
             generator=generator)
-    if "train" in loaders and len(loaders["train"]) == 0:
+    if any(len(loaders[split]) == 0 for split in train_splits if split in loaders):
         raise MetadataError("the training split yields no batch (too few images for data.batch_size="
                             f"{batch_size} after sampling); lower data.batch_size or use more data")
     if not loaders:

@@ -133,10 +133,11 @@ def with_views(loaders: dict[str, DataLoader], views_cfg: Mapping | None, image_
                seed: int) -> dict[str, DataLoader]:
     """The same loaders (sampler, batch size, workers, generator) over ``MultiViewDataset``s.
     Training views change with the epoch (the loop calls ``dataset.set_epoch``); validation views
-    are fixed."""
+    are fixed. Which loaders train follows the wrapped dataset's ``train`` flag (set by
+    ``build_dataloaders(train_splits=...)``), not the split's name."""
     out = {}
     for index, (split, loader) in enumerate(loaders.items()):
-        train = split == "train"
+        train = bool(getattr(loader.dataset, "train", split == "train"))
         transform = MultiViewTransform(views_cfg, image_size, seed=seed * 1009 + index)
         dataset = MultiViewDataset(loader.dataset, transform, fixed_epoch=None if train else 0)
         workers = loader.num_workers

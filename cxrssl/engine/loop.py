@@ -27,7 +27,7 @@ from cxrssl.engine.optim import LRSchedule
 from cxrssl.engine.precision import Precision
 from cxrssl.engine.profiling import StepProfiler
 from cxrssl.engine.protocol import TrainableTask
-from cxrssl.engine.sampling import n_batches, prepare_epoch, resumable_loader
+from cxrssl.engine.sampling import n_batches, prepare_epoch, release_workers, resumable_loader
 from cxrssl.engine.seed import rng_state, set_rng_state
 from cxrssl.engine.signals import Preempted, PreemptionFlag
 from cxrssl.engine.state import CheckpointFiles, FitState, weights_only
@@ -79,6 +79,13 @@ class Trainer:
             self.restore(resume_from)
         self.files.remove_stale_temporaries()
         train_loader = resumable_loader(train_loader, int(self.cfg.get("seed", 0)))
+        try:
+            return self._fit(train_loader, val_loader)
+        finally:  # returned, preempted or failed: no worker outlives fit (sampling.release_workers)
+            self._early = None  # an iterator started for an epoch that will not run here
+            release_workers(train_loader, val_loader)
+
+    def _fit(self, train_loader, val_loader) -> dict[str, Any]:
         max_epochs = int(self.cfg["max_epochs"])
         per_epoch = math.ceil(n_batches(train_loader, self.limit) / self.accumulate)
         self._max_steps = per_epoch * max_epochs

@@ -142,6 +142,15 @@ def check_config(cfg: DictConfig) -> None:
     _check_range(cfg, "explain.per_group", 1, None, integer=True, allowed="an integer >= 1")
     _check_range(cfg, "explain.batch_size", 1, None, integer=True, allowed="an integer >= 1")
     _check_range(cfg, "predict.batch_size", 1, None, integer=True, allowed="an integer >= 1")
+    # the suggestions skip the first tenth of the curve and fit a window of an eighth: 8 points at least
+    _check_range(cfg, "lr_finder.num_steps", 8, None, integer=True, allowed="an integer >= 8")
+    _check_range(cfg, "lr_finder.start_lr", 0, None, low_open=True, allowed="a number > 0")
+    _check_range(cfg, "lr_finder.end_lr", 0, None, low_open=True, allowed="a number > lr_finder.start_lr")
+    _check_range(cfg, "lr_finder.smoothing", 0, 1, low_open=True, allowed="a number in (0, 1]")
+    _check_range(cfg, "lr_finder.min_drop", 0, 1, high_open=True, allowed="a number in [0, 1)")
+    start, end = _number(cfg, "lr_finder.start_lr"), _number(cfg, "lr_finder.end_lr")
+    if start is not None and end is not None and not start < end:
+        raise ConfigError(f"lr_finder.end_lr={end:g} is not allowed: must be above lr_finder.start_lr={start:g}")
     rule = _value(cfg, "evaluate.threshold")
     if rule not in (_MISSING, None, "youden", "f1"):  # the common rules need no parsing (nor sklearn)
         from cxrssl.evaluation.thresholds import check_rule

@@ -16,6 +16,7 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader, Sampler
 
+from cxrssl.data import workers as _workers  # noqa: F401 — registers the exit-time worker shutdown
 from cxrssl.data.dataset import CXRDataset
 from cxrssl.data.resumable import ResumableSampler
 from cxrssl.data.io import ImageReadError

@@ -27,7 +27,8 @@ from cxrssl.engine.optim import LRSchedule
 from cxrssl.engine.precision import Precision
 from cxrssl.engine.profiling import StepProfiler
 from cxrssl.engine.protocol import TrainableTask
-from cxrssl.engine.sampling import n_batches, prepare_epoch, release_workers, resumable_loader
+from cxrssl.data.workers import release_workers
+from cxrssl.engine.sampling import n_batches, prepare_epoch, resumable_loader
 from cxrssl.engine.seed import rng_state, set_rng_state
 from cxrssl.engine.signals import Preempted, PreemptionFlag
 from cxrssl.engine.state import CheckpointFiles, FitState, weights_only
@@ -81,7 +82,7 @@ class Trainer:
         train_loader = resumable_loader(train_loader, int(self.cfg.get("seed", 0)))
         try:
             return self._fit(train_loader, val_loader)
-        finally:  # returned, preempted or failed: no worker outlives fit (sampling.release_workers)
+        finally:  # returned, preempted or failed: no worker outlives fit (cxrssl/data/workers.py)
             self._early = None  # an iterator started for an epoch that will not run here
             release_workers(train_loader, val_loader)
 

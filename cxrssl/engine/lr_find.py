@@ -60,8 +60,12 @@ class LRFindResult:
             raise ValueError(f"lr_finder.suggestion={rule!r}: expected one of {', '.join(SUGGESTIONS)}")
         value = getattr(self, rule)
         if value is None:
-            raise RuntimeError(f"the LR range test recorded only {len(self.lrs)} steps: too few to suggest an LR; "
-                               "raise lr_finder.num_steps or lower lr_finder.start_lr")
+            from cxrssl.errors import ConfigError
+
+            where = (f": the loss was not finite at lr={self.lrs[-1] if self.lrs else 'lr_finder.start_lr'}"
+                     if self.diverged else "")
+            raise ConfigError(f"the LR range test recorded only {len(self.lrs)} usable steps{where}; too few to "
+                              "suggest an LR: lower lr_finder.start_lr or raise lr_finder.num_steps")
         return None if self.flat else value
 
     def flat_message(self) -> str:

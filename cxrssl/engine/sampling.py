@@ -3,8 +3,8 @@
 `prepare_epoch` tells the sampler and the dataset which epoch it is (the augmentation of sample i
 in epoch e is a function of (seed, e, i) — `CXRDataset.set_epoch`) and, when resuming mid-epoch,
 where to start. `resumable_loader` gives loaders built elsewhere (tests, scripts) the same
-`ResumableSampler` that `cxrssl.data.loaders` builds in. `release_workers` stops a loader's
-persistent workers when `fit` ends, however it ends.
+`ResumableSampler` that `cxrssl.data.loaders` builds in. `release_workers`
+(cxrssl/data/workers.py) stops a loader's persistent workers when `fit` ends, however it ends.
 """
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import torch
 from torch.utils.data import DataLoader, RandomSampler
 
 from cxrssl.data.resumable import ResumableSampler
+
 
 
 def n_batches(loader, limit) -> int:
@@ -36,20 +37,6 @@ def resumable_loader(loader, seed: int):
                       # its own generator: the worker base seed must not come from the global RNG
                       generator=loader.generator or torch.Generator().manual_seed(seed), prefetch_factor=loader.prefetch_factor if workers else None,
                       persistent_workers=loader.persistent_workers and workers > 0)
-
-
-def release_workers(*loaders) -> None:
-    """Stop the persistent worker processes of `loaders` now and let the next `iter()` start fresh
-    ones. Why now and not in the iterator's `__del__`: when the iterator is garbage in a reference
-    cycle (e.g. reachable from a `Preempted` or NaN exception's traceback), gc runs the
-    multiprocessing queues' finalizers first, so torch's shutdown message never reaches the workers;
-    it then waits 5 s per worker, sends a SIGTERM that our workers ignore (`_seed_worker`), waits
-    5 s more and leaves them running — 20 s per 2-worker loader, 85 s in test_exact_resume."""
-    for loader in loaders:
-        iterator = getattr(loader, "_iterator", None)
-        if iterator is not None and hasattr(iterator, "_shutdown_workers"):
-            iterator._shutdown_workers()
-            loader._iterator = None
 
 
 def prepare_epoch(loader, epoch: int, seed: int, first_batch: int = 0) -> None:

@@ -33,8 +33,8 @@ def stop_all_workers() -> None:
     """Every live multi-process DataLoader iterator: shut its workers down (a no-op for finished ones)."""
     from torch.utils.data.dataloader import _MultiProcessingDataLoaderIter
 
-    for obj in gc.get_objects():
-        if isinstance(obj, _MultiProcessingDataLoaderIter):
+    for obj in gc.get_objects():  # type(), not isinstance(): no __class__ lookups on lazy module proxies
+        if issubclass(type(obj), _MultiProcessingDataLoaderIter):
             try:
                 obj._shutdown_workers()
             except Exception:  # noqa: BLE001 — at exit, one broken iterator must not keep the others alive

@@ -74,10 +74,11 @@ def affine_theta(angle: torch.Tensor, scale_x: torch.Tensor, scale_y: torch.Tens
     dst = R(angle)·S(scale)·(src − c) + c + shift, in pixels, about the centre c = ((w−1)/2, (h−1)/2);
     R turns by `angle` degrees as albumentations does (counter-clockwise on screen, y down).
 
-    Why not kornia's ``get_affine_matrix2d`` + ``warp_affine`` (same map, same sampling): they build
-    3×3 homographies, invert and normalise them with ~210 small ops per batch; on an H200 the
-    resnet18 step is host-bound and those ops were as many as the model's forward and backward
-    (docs/benchmarks.md). This inverse is written out: ~15 elementwise ops.
+    Why not kornia's ``get_affine_matrix2d`` + ``warp_affine`` (same map, same sampling): they build,
+    invert and normalise 3×3 homographies on the device, 230 ops per batch — three quarters of
+    resnet18's forward and backward (310) — and on an H200 the resnet18 step was host-bound
+    (docs/benchmarks.md, scripts/bench_host_ops.py). Here the inverse is written out in a dozen
+    elementwise ops on tiny per-image tensors, on the CPU; the device sees 18 ops per batch.
     With D = diag((w−1)/2, (h−1)/2), A = S⁻¹·Rᵀ: src_n = D⁻¹·A·D·dst_n − D⁻¹·A·shift."""
     rad = torch.deg2rad(angle)
     cos, sin = torch.cos(rad), torch.sin(rad)

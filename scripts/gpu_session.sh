@@ -4,7 +4,8 @@
 #   1. pipeline: `cxrssl pretrain` vs the model alone at realistic epoch sizes (40k training images
 #      per epoch, hard links to a small phantom), data.gpu_augment=true and CPU augmentation, plus a
 #      profiled run per model (GPU busy share, idle gaps by cause)           -> scripts/bench_gpu_pipeline.py
-#   2. CUDA-only tests: GPU augmentation = CPU result with no host sync; the side-stream batch copy
+#   2. CUDA-only tests: GPU augmentation = CPU result with no host sync; the side-stream batch copy;
+#      worker release and clean exit with pinned memory
 #   3. resume on CUDA after SIGKILL / SIGTERM mid-write, fp16 finetune, evaluate -> scripts/gpu_check.sh
 # Usage: bash scripts/gpu_session.sh OUTDIR [pipeline|checks|all]   (MLflow off: the device lacks it)
 # OUTDIR gets session.log (tails of every step), bench.log and the profile summaries (the device
@@ -39,6 +40,9 @@ fi
 if [ "$PART" = checks ] || [ "$PART" = all ]; then
   step cuda_tests 60 python3 -m pytest -q -x -p no:cacheprovider tests/data/test_gpu_augment.py \
     tests/engine/test_profiling.py -k "cuda or device or copier"
+  # with CUDA present, loaders pin memory (a pin thread per loader) that the worker release must stop too
+  step worker_release 120 python3 -m pytest -q -x -p no:cacheprovider tests/engine/test_worker_release.py \
+    tests/test_cli_exit.py tests/commands/test_train_split_inference.py
   SMALL="data.synthetic.native_size=128 data.synthetic.n_patients=200 data.synthetic.n_unlabelled_patients=200 data.synthetic.workers=16"
   TAIL=60 step cuda_resume 170 env PRECISION=0 EXTRA="$SMALL" bash scripts/gpu_check.sh /tmp/gpu_check
   cat /tmp/gpu_check/resume.txt /tmp/gpu_check/finetune.txt /tmp/gpu_check/evaluate.txt >> "$LOG" 2>/dev/null

@@ -207,6 +207,14 @@ def test_config_checks_take_well_under_a_second():
     check_config(compose_config("finetune", []))  # the shipped defaults pass
     with pytest.raises(ConfigError, match=r"evaluate\.threshold='youdn'.*valid rules"):
         check_config(compose_config("finetune", ["evaluate.threshold=youdn"]))
+    with pytest.raises(ConfigError, match=r"trainer\.cudnn_benchmark='no'.*true or false"):
+        check_config(compose_config("pretrain", ["trainer.cudnn_benchmark=no"]))
+    with pytest.raises(ConfigError, match=r"trainer\.profile_steps=-1"):
+        check_config(compose_config("pretrain", ["trainer.profile_steps=-1"]))
+    with pytest.raises(ConfigError, match=r"lr_finder\.num_steps=4.*>= 8"):
+        check_config(compose_config("pretrain", ["lr_finder.num_steps=4"]))
+    with pytest.raises(ConfigError, match=r"lr_finder\.end_lr=1e-08.*above lr_finder\.start_lr"):
+        check_config(compose_config("pretrain", ["lr_finder.end_lr=1e-8"]))
     with pytest.raises(ConfigError, match=r"predict\.threshold"):
         check_config(compose_config("predict", ["checkpoint=x", "inputs=y", "predict.threshold=1.5"]))
     for command in ("pretrain", "evaluate", "explain", "predict"):

@@ -142,6 +142,12 @@ def check_config(cfg: DictConfig) -> None:
     _check_range(cfg, "explain.per_group", 1, None, integer=True, allowed="an integer >= 1")
     _check_range(cfg, "explain.batch_size", 1, None, integer=True, allowed="an integer >= 1")
     _check_range(cfg, "predict.batch_size", 1, None, integer=True, allowed="an integer >= 1")
+    _check_range(cfg, "trainer.profile_steps", 0, None, integer=True, allowed="0 (off) or an integer >= 1")
+    _check_range(cfg, "trainer.profile_skip_steps", 0, None, integer=True, allowed="an integer >= 0")
+    for key in ("trainer.cudnn_benchmark", "trainer.deterministic"):
+        value = _value(cfg, key)
+        if value not in (_MISSING, None) and not isinstance(value, bool):
+            raise ConfigError(f"{key}={value!r} is not allowed: must be true or false")
     # the suggestions skip the first tenth of the curve and fit a window of an eighth: 8 points at least
     _check_range(cfg, "lr_finder.num_steps", 8, None, integer=True, allowed="an integer >= 8")
     _check_range(cfg, "lr_finder.start_lr", 0, None, low_open=True, allowed="a number > 0")

@@ -10,6 +10,7 @@ import math
 from typing import Any
 
 import torch
+from torch.utils._pytree import tree_leaves
 
 
 def to_device(batch: Any, device: torch.device, channels_last: bool = False) -> Any:
@@ -26,17 +27,6 @@ def to_device(batch: Any, device: torch.device, channels_last: bool = False) -> 
         moved = [to_device(v, device, channels_last) for v in batch]
         return tuple(moved) if isinstance(batch, tuple) else moved
     return batch
-
-
-def _tensors(batch: Any):
-    if isinstance(batch, torch.Tensor):
-        yield batch
-    elif isinstance(batch, dict):
-        for v in batch.values():
-            yield from _tensors(v)
-    elif isinstance(batch, (list, tuple)):
-        for v in batch:
-            yield from _tensors(v)
 
 
 class DeviceCopier:
@@ -62,8 +52,8 @@ class DeviceCopier:
         with torch.cuda.stream(self.stream):
             moved = to_device(batch, self.device, self.channels_last)
         compute.wait_stream(self.stream)
-        for tensor in _tensors(moved):
-            if tensor.device.type == "cuda":
+        for tensor in tree_leaves(moved):
+            if isinstance(tensor, torch.Tensor) and tensor.device.type == "cuda":
                 tensor.record_stream(compute)
         return moved
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import math
 import time
 import warnings
-from contextlib import contextmanager
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from cxrssl.data.workers import release_workers
 from cxrssl.engine.batch import DeviceCopier, StepSums, to_device
 from cxrssl.engine.checkpoint import load_checkpoint
 from cxrssl.engine.distributed import any_rank, average_gradients, broadcast_buffers, gather_objects, sum_over_ranks
@@ -27,7 +27,6 @@ from cxrssl.engine.optim import LRSchedule
 from cxrssl.engine.precision import Precision
 from cxrssl.engine.profiling import StepProfiler
 from cxrssl.engine.protocol import TrainableTask
-from cxrssl.data.workers import release_workers
 from cxrssl.engine.sampling import n_batches, prepare_epoch, resumable_loader
 from cxrssl.engine.seed import rng_state, set_rng_state
 from cxrssl.engine.signals import Preempted, PreemptionFlag
@@ -65,6 +64,7 @@ class Trainer:
         self.preemption = PreemptionFlag()
         self.profiler = StepProfiler(0, 0, self.run_dir / "profile", precision.device)  # fit() arms it
         self._early: tuple[int, Any] | None = None  # (epoch, its iterator) started before validation
+        self.copy_to_device = DeviceCopier(precision.device, self.channels_last)  # side stream on CUDA
         self._epoch_sums: dict | None = None   # running sums of a resumed, interrupted epoch
         self._max_steps = 0
         self.task.to(precision.device)
@@ -94,7 +94,7 @@ class Trainer:
         stopped_early = self._should_stop()  # a resumed run that had already stopped early
         self.profiler = StepProfiler(int(self.cfg.get("profile_steps") or 0), int(self.cfg.get("profile_skip_steps", 10)),
                                      self.run_dir / "profile", self.precision.device, enabled=self.is_main)
-        with self.preemption, _stopping(self.profiler):
+        with self.preemption, self.profiler:
             for epoch in range(self.state.epoch, max_epochs if not stopped_early else 0):
                 train_logs = self.train_one_epoch(train_loader, epoch)
                 if epoch + 1 < max_epochs:  # the workers draw epoch+1's first batches during validation
@@ -135,7 +135,6 @@ class Trainer:
         synced = {"step": self.state.global_step, "totals": sums.totals(), "counts": dict(sums.counts)}
         data_wait, first_wait, start, tick = 0.0, None, time.perf_counter(), time.perf_counter()
         seen_here = 0
-        copy = DeviceCopier(self.precision.device, self.channels_last)
         bar = tqdm(total=total, initial=first, desc=f"epoch {epoch + 1} train", unit="batch", leave=False,
                    disable=not (self.is_main and self.cfg.get("progress", True)))
         self.optimizer.zero_grad(set_to_none=True)
@@ -145,7 +144,7 @@ class Trainer:
             waited = time.perf_counter() - tick
             data_wait += waited
             first_wait = waited if first_wait is None else first_wait
-            batch = copy(batch)
+            batch = self.copy_to_device(batch)
             if self.batch_transform is not None:
                 batch = self.batch_transform(batch, epoch, i)
             with self.precision.autocast():
@@ -352,14 +351,6 @@ class Trainer:
                 "train_time_s": elapsed, "train_images_per_s": sum(speeds) / len(speeds) if speeds else None,
                 "precision": self.precision.name, "device": str(self.precision.device),
                 **({"profile": self.profiler.summary} if self.profiler.summary else {})}
-
-
-@contextmanager
-def _stopping(profiler: StepProfiler):
-    try:
-        yield profiler
-    finally:
-        profiler.stop()
 
 
 def _all_ranks(sums: StepSums) -> dict[str, Any]:

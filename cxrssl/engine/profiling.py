@@ -86,8 +86,9 @@ def summarise_trace(events: list[dict[str, Any]], min_gap_ms: float = 0.05, top:
     host_end = max(float(e["ts"]) + float(e["dur"]) for e in steps)
     end = max([host_end] + [b for _, b in device])
     window = max(end - start, 1e-9)
-    named = sorted((float(e["ts"]), float(e["ts"]) + float(e["dur"]), _label(str(e["name"]))) for e in host
-                   if _label(str(e["name"])) != str(e["name"]))
+    labelled = ((e, _label(str(e["name"]))) for e in host)
+    named = sorted((float(e["ts"]), float(e["ts"]) + float(e["dur"]), label) for e, label in labelled
+                   if label != str(e["name"]))
     loader = _union([(max(a, start), min(b, host_end)) for a, b, label in named if label.startswith("waiting")])
     cpu_ops = [e for e in host if str(e.get("cat", "")).lower() == "cpu_op"]
     main_ops = _top_level([e for e in cpu_ops if e.get("tid") == main_tid])
@@ -162,6 +163,12 @@ class StepProfiler:
                                  schedule=schedule(wait=max(self.skip - 1, 0), warmup=1 if self.skip else 0,
                                                    active=self.steps, repeat=1))
             self._prof.start()
+
+    def __enter__(self) -> "StepProfiler":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
 
     def step(self) -> None:
         if self._prof is not None:

@@ -3,8 +3,7 @@
 `prepare_epoch` tells the sampler and the dataset which epoch it is (the augmentation of sample i
 in epoch e is a function of (seed, e, i) — `CXRDataset.set_epoch`) and, when resuming mid-epoch,
 where to start. `resumable_loader` gives loaders built elsewhere (tests, scripts) the same
-`ResumableSampler` that `cxrssl.data.loaders` builds in. `release_workers`
-(cxrssl/data/workers.py) stops a loader's persistent workers when `fit` ends, however it ends.
+`ResumableSampler` that `cxrssl.data.loaders` builds in.
 """
 from __future__ import annotations
 
@@ -12,7 +11,6 @@ import torch
 from torch.utils.data import DataLoader, RandomSampler
 
 from cxrssl.data.resumable import ResumableSampler
-
 
 
 def n_batches(loader, limit) -> int:
